@@ -1,0 +1,98 @@
+"""Resource budgets: fractions of the dense model or absolute counts, several at once."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import BudgetError
+
+_SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+_ALIASES = {"flops": "macs", "macs": "macs", "params": "params"}
+TOLERANCE = 0.01  # the binding budget is met within 1%, never exceeded
+
+
+def _parse_amount(key: str, value) -> tuple[str, float]:
+    """("fraction", 0.5) for 0 < value <= 1, else ("absolute", count)."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*([kKmMgGtT]?)\s*", value)
+        if not m:
+            raise BudgetError(f"budget {key}={value!r} is not a number; write e.g. {key}=0.5 or {key}=20M")
+        number, suffix = float(m.group(1)), m.group(2).upper()
+        if suffix:
+            return "absolute", number * _SUFFIX[suffix]
+        value = number
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise BudgetError(f"budget {key}={value!r} is not a number; write e.g. {key}=0.5 or {key}=20M")
+    if value <= 0:
+        raise BudgetError(f"budget {key}={value} must be > 0: a fraction in (0, 1] or an absolute count like 20M")
+    if value <= 1:
+        return "fraction", float(value)
+    if value != int(value):
+        raise BudgetError(f"budget {key}={value} is above 1: use a fraction in (0, 1] or an absolute count like 20M")
+    return "absolute", float(value)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``Budget(flops=0.5)`` keeps half the MACs; ``Budget(params="200K")`` caps parameters.
+
+    "flops" means conv + linear multiply-accumulates, as in most pruning papers.
+    """
+
+    flops: float | str | None = None
+    params: float | str | None = None
+    _parsed: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        parsed = {}
+        for key in ("flops", "params"):
+            value = getattr(self, key)
+            if value is not None:
+                parsed[_ALIASES[key]] = _parse_amount(key, value)
+        if not parsed:
+            raise BudgetError("empty budget: give flops=... and/or params=..., e.g. flops=0.5")
+        object.__setattr__(self, "_parsed", parsed)
+
+    @classmethod
+    def parse(cls, text: str) -> "Budget":
+        """From the CLI form ``flops=0.5,params=200K``."""
+        kw = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, sep, value = part.partition("=")
+            key = key.strip().lower()
+            if not sep or key not in _ALIASES:
+                raise BudgetError(f"cannot read budget {part!r}; write flops=0.5, params=200K or both, comma-separated")
+            kw["params" if _ALIASES[key] == "params" else "flops"] = value.strip()
+        return cls(**kw)
+
+    def targets(self, dense: dict[str, float]) -> dict[str, float]:
+        """Absolute targets ("macs", "params") given the dense model's costs."""
+        out = {}
+        for key, (kind, v) in self._parsed.items():
+            out[key] = v * dense[key] if kind == "fraction" else v
+        return out
+
+    def describe(self) -> str:
+        return ",".join(f"{'flops' if k == 'macs' else k}={v if kind == 'fraction' else _human(v)}"
+                        for k, (kind, v) in self._parsed.items())
+
+    def check_feasible(self, targets: dict[str, float], smallest: dict[str, float], dense: dict[str, float]) -> None:
+        """Refuse, before any work, a budget that not even the smallest legal model meets."""
+        for key, target in targets.items():
+            if target < smallest[key]:
+                raise BudgetError(
+                    f"{'flops' if key == 'macs' else key} budget {_human(target)} is below the smallest prunable model "
+                    f"({_human(smallest[key])} of {_human(dense[key])}); raise the budget or lower min_width")
+
+
+def meets(costs: dict[str, float], targets: dict[str, float]) -> bool:
+    return all(costs[k] <= t + 1e-6 for k, t in targets.items())
+
+
+def _human(x: float) -> str:
+    for s, f in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= f:
+            return f"{x / f:.4g}{s}"
+    return f"{x:.4g}"

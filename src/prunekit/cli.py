@@ -1,0 +1,300 @@
+"""`prunekit` command line: a thin layer over the API. User errors print one line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import io
+from .errors import ConfigError, PrunekitError
+
+EXIT_USER_ERROR = 2
+
+
+# -- shared pieces -------------------------------------------------------------------------------
+def _model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
+    p.add_argument("--model", required=True, help="built-in name (prunekit info --list), tv:<name> or timm:<name>")
+    p.add_argument("--checkpoint", help="weights: .pt/.pth state dict, .safetensors, or a prunekit output directory")
+    if data:
+        p.add_argument("--dataset", help="fmnist, cifar10, imagefolder or synthetic")
+        p.add_argument("--data-dir", help="directory with the dataset files (default: $PRUNEKIT_DATA or the dataset's own)")
+    p.add_argument("--in-channels", type=int, help="input channels (default: the dataset's, else 3)")
+    p.add_argument("--num-classes", type=int, help="classes (default: the dataset's, else 10)")
+    p.add_argument("--input-size", type=int, help="image side the costs are counted at (default: the dataset's, else 32)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+
+
+def _shape(args) -> tuple[int, int, int]:
+    info = {}
+    if getattr(args, "dataset", None):
+        from .data import dataset_info
+        info = dataset_info(args.dataset)
+    in_ch = args.in_channels or info.get("in_channels", 3)
+    classes = args.num_classes or info.get("num_classes", 10)
+    size = args.input_size or info.get("image_size", 32)
+    for name, v in (("--in-channels", in_ch), ("--num-classes", classes), ("--input-size", size)):
+        if v < 1:
+            raise ConfigError(f"{name} must be >= 1, got {v}")
+    return in_ch, classes, size
+
+
+def _build(args):
+    """(model with the checkpoint's weights, example input)."""
+    from .models import create_model
+    in_ch, classes, size = _shape(args)
+    model = create_model(args.model, in_channels=in_ch, num_classes=classes)
+    x = torch.zeros(1, in_ch, size, size)
+    if args.checkpoint:
+        ckpt = Path(args.checkpoint)
+        if ckpt.is_dir():
+            model = io.load(ckpt, model, x)
+        else:
+            io.load_weights(model, ckpt)
+    return model.eval(), x
+
+
+def _data(args, split: str, augment: bool = False):
+    from .data import load_dataset
+    return load_dataset(args.dataset, root=args.data_dir, split=split, augment=augment)
+
+
+def _accuracy(model, data, limit: int | None) -> float:
+    from .train import evaluate
+    if limit and limit < len(data):
+        data = torch.utils.data.Subset(data, range(limit))
+    return evaluate(model, data)
+
+
+def _options(items: list[str] | None) -> dict:
+    """--option beta=500 --option kernel=gaussian -> {"beta": 500.0, "kernel": "gaussian"}."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"cannot read --option {item!r}; write --option name=value")
+        try:
+            out[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _emit(args, obj: dict, text: str) -> None:
+    print(json.dumps(obj, indent=1, default=float) if args.json else text)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+
+
+def _human(x: float) -> str:
+    for s, f in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= f:
+            return f"{x / f:.2f}{s}"
+    return f"{x:.0f}"
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- commands ------------------------------------------------------------------------------------
+def cmd_compress(args) -> int:
+    from .budget import Budget
+    from .methods import resolve
+    from .pipeline import compress
+    budget = Budget.parse(args.budget)  # every check that needs no work comes first
+    resolve(args.method)
+    io.check_writable(args.out)
+    model, x = _build(args)
+    train = test = None
+    if args.dataset:
+        train, test = _data(args, "train"), _data(args, "test")
+    _log(f"compressing {args.model} to {budget.describe()} with {args.method} ...")
+    t0 = time.perf_counter()
+    result = compress(model, x, budget, method=args.method, data=train, seed=args.seed,
+                      ignore=[s for s in (args.ignore or "").split(",") if s], min_width=args.min_width,
+                      round_to=args.round_to, calibration_batches=args.calibration_batches,
+                      options=_options(args.option))
+    plan_seconds = time.perf_counter() - t0
+    summary = result.summary
+    summary["seconds"]["to_plan"] = plan_seconds
+    if test is not None and not args.no_eval:
+        from .train import recalibrate_bn
+        _log("evaluating the dense model ...")
+        summary["accuracy_dense"] = _accuracy(model, test, args.eval_images)
+        _log("re-estimating BatchNorm statistics and evaluating the pruned model ...")
+        recalibrate_bn(result.model, train, batches=args.bn_batches)
+        summary["accuracy_pruned_bn"] = _accuracy(result.model, test, args.eval_images)
+    out = io.save(result, args.out)
+    for fmt in filter(None, (args.export or "").split(",")):
+        _export(result.model, x, fmt, out)
+    _emit(args, summary, _compress_text(summary, out))
+    return 0
+
+
+def _compress_text(s: dict, out: Path) -> str:
+    rows = [["unit", "width", "kept", "kept %"]]
+    rows += [[u["name"], str(u["width"]), str(u["kept"]), f"{100 * u['kept'] / u['width']:.0f}"] for u in s["units"]]
+    m, p = s["macs"], s["params"]
+    lines = [_table(rows), "",
+             _table([["", "dense", "pruned", "kept %", "target"],
+                     ["MACs", _human(m["dense"]), _human(m["pruned"]), f"{100 * m['pruned'] / m['dense']:.1f}",
+                      _human(m["target"]) if m["target"] else "-"],
+                     ["params", _human(p["dense"]), _human(p["pruned"]), f"{100 * p['pruned'] / p['dense']:.1f}",
+                      _human(p["target"]) if p["target"] else "-"]])]
+    if "accuracy_dense" in s:
+        lines.append(f"accuracy: dense {s['accuracy_dense']:.2f}%  pruned (BatchNorm re-estimated, no fine-tuning) "
+                     f"{s['accuracy_pruned_bn']:.2f}%")
+    lines.append(f"method {s['method']['name']} ({s['method']['criterion']} + {s['method']['allocator']}), "
+                 f"plan in {s['seconds']['to_plan']:.1f} s; cost model verified against FlopCounterMode")
+    lines.append(f"saved to {out}/ (plan.json, model.safetensors, summary.json)")
+    return "\n".join(lines)
+
+
+def _export(model, x, fmt: str, out: Path) -> None:
+    if fmt == "onnx":
+        io.export_onnx(model, x, out / "model.onnx")
+    elif fmt == "torchscript":
+        io.export_torchscript(model, x, out / "model.torchscript.pt")
+    else:
+        raise ConfigError(f"unknown export format {fmt!r}; choose onnx or torchscript")
+
+
+def cmd_eval(args) -> int:
+    if not args.dataset:
+        raise ConfigError("eval needs --dataset")
+    model, _ = _build(args)
+    acc = _accuracy(model, _data(args, "test"), args.eval_images)
+    _emit(args, {"model": args.model, "dataset": args.dataset, "accuracy": acc}, f"test accuracy: {acc:.2f}%")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .cost import CostModel
+    from .graph import UnitGraph
+    model, x = _build(args)
+    graph = UnitGraph(model, x)
+    cost = CostModel(graph)
+    dense = cost.evaluate()
+    units = [{"name": u.name, "width": u.width, "groups": u.groups, "producers": u.producers,
+              "consumers": u.consumers} for u in graph.units]
+    obj = {"model": args.model, "input_shape": list(x.shape), "macs": dense["macs"], "params": dense["params"],
+           "units": units, "protected": sorted(graph.protected)}
+    rows = [["unit", "width", "layers"]] + [[u["name"], str(u["width"]), str(len(u["producers"]) + len(u["consumers"]))]
+                                            for u in units]
+    text = (f"{args.model} at input {tuple(x.shape)}: {_human(dense['macs'])} MACs, {_human(dense['params'])} params, "
+            f"{len(units)} prunable units (protected: {', '.join(sorted(graph.protected))})\n" + _table(rows))
+    _emit(args, obj, text)
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .methods import PRESETS, list_methods
+    obj = list_methods()
+    lines = ["methods (criterion + allocator):"]
+    lines += [f"  {m.name:12s} {m.criterion} + {m.allocator}: {m.description}" for m in map(PRESETS.get, obj["methods"])]
+    lines += ["", "criteria: " + ", ".join(obj["criteria"]), "allocators: " + ", ".join(obj["allocators"]),
+              "", "combine any criterion with any allocator: --method taylor+uniform"]
+    _emit(args, obj, "\n".join(lines))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import Recipe, fit
+    if not args.dataset:
+        raise ConfigError("train needs --dataset")
+    recipe = Recipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                    max_steps_per_epoch=args.max_steps)
+    io.check_writable(args.out)
+    model, _ = _build(args)
+    train, test = _data(args, "train", augment=True), _data(args, "test")
+    history = fit(model.train(), train, recipe, eval_data=test)
+    out = io.ensure_dir(args.out)
+    io.save_weights(model, out / "model.safetensors")
+    io.write_json(out / "history.json", history)
+    _emit(args, {"history": history, "checkpoint": str(out / "model.safetensors")},
+          f"test accuracy {history[-1].get('eval_acc', float('nan')):.2f}%; weights in {out / 'model.safetensors'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    model, x = _build(args)
+    out = io.check_writable(args.out)
+    io.ensure_dir(out)
+    _export(model, x, args.format, out)
+    _emit(args, {"out": str(out), "format": args.format}, f"exported {args.format} to {out}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prunekit", description="Compress a CNN to a FLOPs/params budget.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compress", help="prune a model to a budget and save the result")
+    _model_args(c)
+    c.add_argument("--budget", required=True, help="flops=0.5, params=200K, or both comma-separated")
+    c.add_argument("--method", default="l1", help="a method (prunekit methods) or criterion+allocator")
+    c.add_argument("--out", required=True, help="output directory")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--ignore", help="comma-separated layer names never to prune")
+    c.add_argument("--min-width", type=float, default=0.05, help="smallest kept fraction of any unit")
+    c.add_argument("--round-to", type=int, default=1, help="keep widths multiples of this")
+    c.add_argument("--calibration-batches", type=int, default=5, help="batches of 128 training images")
+    c.add_argument("--option", action="append", help="method option name=value, e.g. beta=500 (repeatable)")
+    c.add_argument("--bn-batches", type=int, default=20, help="batches to re-estimate BatchNorm before evaluating")
+    c.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
+    c.add_argument("--no-eval", action="store_true", help="skip the accuracy before/after")
+    c.add_argument("--export", help="also export: onnx, torchscript (comma-separated)")
+    c.set_defaults(func=cmd_compress)
+
+    e = sub.add_parser("eval", help="test accuracy of a dense or pruned model")
+    _model_args(e)
+    e.add_argument("--eval-images", type=int)
+    e.set_defaults(func=cmd_eval)
+
+    i = sub.add_parser("info", help="prunable units, widths, MACs and params of a model")
+    _model_args(i)
+    i.set_defaults(func=cmd_info)
+
+    m = sub.add_parser("methods", help="list methods, criteria and allocators")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_methods)
+
+    t = sub.add_parser("train", help="train a dense model (SGD, one-cycle, label smoothing)")
+    _model_args(t)
+    t.add_argument("--out", required=True)
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--lr", type=float, default=0.2)
+    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--max-steps", type=int, help="stop each epoch after this many steps (quick runs)")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("export", help="export a model to ONNX or TorchScript")
+    _model_args(x, data=False)
+    x.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    x.add_argument("--out", required=True)
+    x.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PrunekitError as e:
+        print(f"prunekit: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("prunekit: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

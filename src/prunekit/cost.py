@@ -1,0 +1,156 @@
+"""MACs and parameters as a quadratic polynomial in the Units' widths.
+
+Every parameter dimension is a linear form in the widths (a constant part plus each touching Unit's
+width times a multiplier: 1 for a plain conv, 1/groups for a grouped conv's input, H*W for a
+flatten into a linear layer). A tensor's size is the product of its dimensions, and a conv's or
+linear layer's MACs are its weight's size times the output positions it is applied at, captured
+by hooks in one forward pass. So one mechanism covers plain, grouped, depthwise, concatenated and
+flattened layers, and the same polynomial is what every allocator optimizes.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import UnsupportedLayerError
+from .graph import UnitGraph, _forward
+
+
+@dataclass
+class Polynomial:
+    """c + a.w + w.Q.w over the Units' widths (Q symmetric)."""
+
+    c: float
+    a: np.ndarray
+    Q: np.ndarray
+
+    def __call__(self, w) -> float:
+        w = np.asarray(w, dtype=np.float64)
+        return float(self.c + self.a @ w + w @ self.Q @ w)
+
+    def grad(self, w) -> np.ndarray:
+        w = np.asarray(w, dtype=np.float64)
+        return self.a + 2.0 * (self.Q @ w)
+
+    def step_deltas(self, w, step) -> np.ndarray:
+        """Cost change of adding ``step[i]`` channels to Unit i alone, for every i at once."""
+        w = np.asarray(w, dtype=np.float64)
+        s = np.asarray(step, dtype=np.float64)
+        return s * (self.a + 2.0 * (self.Q @ w)) + s * s * np.diag(self.Q)
+
+
+def _positions(model: nn.Module, example_inputs) -> dict[str, int]:
+    """How many times each conv/linear weight is applied (batch x output pixels or tokens)."""
+    out: dict[str, int] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            def hook(m, i, o, name=name):
+                t = i[0] if m.transposed else o
+                ch = m.in_channels if m.transposed else m.out_channels
+                out[name] = out.get(name, 0) + t.numel() // ch
+        elif isinstance(m, nn.Linear):
+            def hook(m, i, o, name=name):
+                out[name] = out.get(name, 0) + o.numel() // m.out_features
+        else:
+            continue
+        hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            _forward(model, example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+class CostModel:
+    """``macs`` and ``params`` polynomials for a UnitGraph, exact for conv + linear MACs."""
+
+    def __init__(self, graph: UnitGraph):
+        self.graph = graph
+        self.units = [u.name for u in graph.units]
+        self.dense_widths = np.array([u.width for u in graph.units], dtype=np.float64)
+        model = graph.model
+        was_training = model.training
+        model.eval()
+        try:
+            positions = _positions(model, graph.example_inputs)
+        finally:
+            model.train(was_training)
+        # (param name, dim) -> {unit index: positions per channel}
+        forms: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
+        for k, unit in enumerate(graph.units):
+            for s in unit.slices:
+                forms[(s.param, s.dim)][k] = len(torch.unique(s.index)) / unit.width
+        self.params = self._polynomial(model, forms, None, self.dense_widths)
+        weights = {f"{name}.weight": p for name, p in positions.items()}
+        self.macs = self._polynomial(model, forms, weights, self.dense_widths)
+
+    @staticmethod
+    def _polynomial(model, forms, multipliers: dict[str, int] | None, widths: np.ndarray) -> Polynomial:
+        """Sum of tensor sizes (params), or of weight sizes x positions (MACs when given)."""
+        n = len(widths)
+        c, a, Q = 0.0, np.zeros(n), np.zeros((n, n))
+        seen = set()
+        for name, p in model.named_parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if multipliers is not None:
+                if name not in multipliers:
+                    continue
+                scale = float(multipliers[name])
+            else:
+                scale = 1.0
+            # product over dims of (const_d + sum_u m_du w_u), expanded to degree <= 2
+            terms: dict[tuple[int, ...], float] = {(): scale}
+            for d, size in enumerate(p.shape):
+                form = forms.get((name, d), {})
+                const = size - sum(m * widths[k] for k, m in form.items())
+                new: dict[tuple[int, ...], float] = defaultdict(float)
+                for mono, coef in terms.items():
+                    if const:
+                        new[mono] += coef * const
+                    for k, m in form.items():
+                        new[tuple(sorted(mono + (k,)))] += coef * m
+                terms = new
+            for mono, coef in terms.items():
+                if len(mono) == 0:
+                    c += coef
+                elif len(mono) == 1:
+                    a[mono[0]] += coef
+                elif len(mono) == 2:
+                    i, j = mono
+                    Q[i, j] += coef / 2.0
+                    Q[j, i] += coef / 2.0
+                elif coef:
+                    raise UnsupportedLayerError(f"parameter {name!r} depends on more than two prunable widths; ignore its layer")
+        return Polynomial(c, a, Q)
+
+    # -- conveniences ------------------------------------------------------------------------------
+    def vector(self, widths: dict[str, int]) -> np.ndarray:
+        return np.array([widths.get(u, w) for u, w in zip(self.units, self.dense_widths)], dtype=np.float64)
+
+    def evaluate(self, widths: dict[str, int] | None = None) -> dict[str, float]:
+        w = self.dense_widths if widths is None else self.vector(widths)
+        return {"macs": self.macs(w), "params": self.params(w)}
+
+
+
+def count(model: nn.Module, example_inputs) -> tuple[int, int]:
+    """(conv + linear MACs measured by torch's FlopCounterMode, parameter count)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            _forward(model, example_inputs)
+    finally:
+        model.train(was_training)
+    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return fc.get_total_flops() // 2, params

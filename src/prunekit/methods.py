@@ -1,0 +1,56 @@
+"""Methods: a criterion (which channels) plus an allocator (how many per Unit).
+
+``"l1"`` is a preset, ``"taylor+global"`` combines any criterion with any allocator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .allocation import ALLOCATORS
+from .criteria import CRITERIA
+from .errors import ConfigError
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    criterion: str
+    allocator: str
+    description: str = ""
+
+
+PRESETS: Registry[Method] = Registry("method")
+
+
+def preset(name: str, criterion: str, allocator: str, description: str) -> None:
+    PRESETS.register(name)(Method(name, criterion, allocator, description))
+
+
+preset("l1", "l1", "uniform", "filter L1 norm, same fraction per layer (Li et al. 2017)")
+preset("l2", "l2", "uniform", "filter L2 norm, same fraction per layer")
+preset("random", "random", "uniform", "random channels, same fraction per layer (the control)")
+preset("bn_scale", "bn_scale", "global", "BatchNorm |gamma| with one global threshold (Network Slimming)")
+preset("taylor", "taylor", "global", "first-order Taylor |w*g| with one global threshold (needs data)")
+preset("chip", "chip", "itpruner", "channel independence (nuclear norm) inside itpruner's widths (Sui et al.)")
+preset("itpruner", "l1", "itpruner", "nHSIC layer importance + SLSQP under the cost polynomial (Zheng et al.)")
+preset("next_layer", "next_layer", "global", "filter + next-layer input magnitude, global ranking (CPMC)")
+
+
+def resolve(name: str) -> Method:
+    """A preset name, or ``criterion+allocator``."""
+    if "+" in name:
+        crit, _, alloc = name.partition("+")
+        CRITERIA.get(crit)
+        ALLOCATORS.get(alloc)
+        return Method(name, crit, alloc, "")
+    if name in PRESETS:
+        return PRESETS.get(name)
+    if name in CRITERIA:
+        return Method(name, name, "uniform", "")
+    raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(PRESETS.names())} "
+                      f"or criterion+allocator with criteria {CRITERIA.names()} and allocators {ALLOCATORS.names()}")
+
+
+def list_methods() -> dict[str, list[str]]:
+    return {"methods": PRESETS.names(), "criteria": CRITERIA.names(), "allocators": ALLOCATORS.names()}

@@ -1,0 +1,14 @@
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+settings.load_profile("ci")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+FMNIST_DIR = os.environ.get("PRUNEKIT_DATA", "/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(not os.path.exists(os.path.join(FMNIST_DIR, "train-images-idx3-ubyte.gz"))
+                                  and not os.path.exists(os.path.join(FMNIST_DIR, "fashion-mnist", "train-images-idx3-ubyte.gz")),
+                                  reason="Fashion-MNIST files missing: apt-get install -y dataset-fashion-mnist")
