@@ -18,7 +18,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import UnsupportedLayerError
-from .graph import UnitGraph, _forward
+from .graph import UnitGraph, _forward, eval_mode
 
 
 @dataclass
@@ -77,12 +77,8 @@ class CostModel:
         self.units = [u.name for u in graph.units]
         self.dense_widths = np.array([u.width for u in graph.units], dtype=np.float64)
         model = graph.model
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             positions = _positions(model, graph.example_inputs)
-        finally:
-            model.train(was_training)
         # (param name, dim) -> {unit index: positions per channel}
         forms: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
         for k, unit in enumerate(graph.units):
@@ -145,12 +141,7 @@ class CostModel:
 
 def count(model: nn.Module, example_inputs) -> tuple[int, int]:
     """(conv + linear MACs measured by torch's FlopCounterMode, parameter count)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            _forward(model, example_inputs)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as fc:
+        _forward(model, example_inputs)
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     return fc.get_total_flops() // 2, params

@@ -7,6 +7,8 @@ the cost model and the criteria need no per-architecture code) and applies keep-
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -122,6 +124,16 @@ def _flatten(out) -> list:
     return []
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def _forward(model: nn.Module, example_inputs):
     if isinstance(example_inputs, Mapping):
         return model(**example_inputs)
@@ -145,23 +157,16 @@ class UnitGraph:
         self.example_inputs = example_inputs
         self.module_names = {m: n for n, m in model.named_modules()}
         self.ignored = self._resolve_ignored(ignore)
-        was_training = model.training
-        model.eval()  # tracing must not touch BatchNorm statistics
-        try:
-            self.dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, verbose=False
-            )
-        except Exception as e:  # Torch-Pruning's tracer fails on unsupported ops
-            raise UnsupportedLayerError(f"Torch-Pruning cannot trace this model ({type(e).__name__}: {e}); "
-                                        "pass the offending layers with ignore=[...]") from e
-        finally:
-            model.train(was_training)
+        with eval_mode(model):  # tracing must not touch BatchNorm statistics (nor fail on batch-1 BatchNorm1d)
+            try:
+                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+            except Exception as e:  # Torch-Pruning's tracer fails on unsupported ops
+                raise UnsupportedLayerError(f"Torch-Pruning cannot trace this model ({type(e).__name__}: {e}); "
+                                            "pass the offending layers with ignore=[...]") from e
+            layers = [m for m in model.modules() if isinstance(m, (ops.TORCH_CONV, ops.TORCH_LINEAR))]
+            self.protected = {self.module_names[m] for m in _output_layers(model, example_inputs, layers)}
         self._unwrapped = {id(p.parameters): p.pruning_dim for p in self.dg.unwrapped_parameters}
         self._param_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
-        self.protected = {
-            self.module_names[m]
-            for m in _output_layers(model, example_inputs, [m for m in model.modules() if isinstance(m, (ops.TORCH_CONV, ops.TORCH_LINEAR))])
-        }
         self.units: list[Unit] = []
         self._roots: dict[str, nn.Module] = {}
         skip = [m for m in model.modules() if self.module_names.get(m) in self.ignored | self.protected]
@@ -273,10 +278,8 @@ class UnitGraph:
         """Run the model once and name the layer that fails, so a bad slice is caught at once."""
         stack: list[str] = []
         hooks = [m.register_forward_pre_hook(lambda m, i, n=n: stack.append(n)) for n, m in self.model.named_modules() if n]
-        was_training = self.model.training
-        self.model.eval()
         try:
-            with torch.no_grad():
+            with eval_mode(self.model), torch.no_grad():
                 _forward(self.model, self.example_inputs)
         except RuntimeError as e:
             where = stack[-1] if stack else "?"
@@ -286,7 +289,6 @@ class UnitGraph:
         finally:
             for h in hooks:
                 h.remove()
-            self.model.train(was_training)
 
 
 def _own_params(module) -> Iterable[torch.Tensor]:

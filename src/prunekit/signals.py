@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import ConfigError
+from .graph import eval_mode
 
 
 class Signals:
@@ -55,15 +56,12 @@ class Signals:
         if "gradients" not in self._cache:
             self.require("a gradient criterion", labels=True)
             device = next(model.parameters()).device
-            was_training = model.training
-            model.eval()  # keep BatchNorm statistics intact
             model.zero_grad(set_to_none=True)
-            with torch.enable_grad():
+            with eval_mode(model), torch.enable_grad():  # eval: keep BatchNorm statistics intact
                 for x, y in self._batches:
                     F.cross_entropy(model(x.to(device)), y.to(device)).backward()
             self._cache["gradients"] = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
             model.zero_grad(set_to_none=True)
-            model.train(was_training)
         return self._cache["gradients"]  # type: ignore[return-value]
 
 
@@ -111,15 +109,12 @@ def unit_features(graph, batches, consume, all_points: bool = False) -> None:
                 hooks.append(module.register_forward_hook(
                     lambda m, i, o, k=k, last=last: grab(k, o, None, last)))
     model = graph.model
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for x in batches:
                 seen.clear()
                 model(x.to(device))
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)

@@ -20,7 +20,8 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
             ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.numeric", "_frombuffer"),
-            ("numpy._core.numeric", "_frombuffer")}
+            ("numpy._core.numeric", "_frombuffer"),
+            ("_codecs", "encode")}  # protocol-2 pickles written by Python 3 store array bytes through it
 
 
 class _ArrayUnpickler(pickle.Unpickler):
