@@ -66,7 +66,7 @@ def _accuracy(model, data, limit: int | None) -> float:
     from .train import evaluate
     if limit and limit < len(data):
         data = torch.utils.data.Subset(data, range(limit))
-    return evaluate(model, data)
+    return evaluate(model, data, progress=True)
 
 
 def _options(items: list[str] | None) -> dict:
@@ -120,7 +120,7 @@ def cmd_compress(args) -> int:
     result = compress(model, x, budget, method=args.method, data=train, seed=args.seed,
                       ignore=[s for s in (args.ignore or "").split(",") if s], min_width=args.min_width,
                       round_to=args.round_to, calibration_batches=args.calibration_batches,
-                      options=_options(args.option))
+                      options=_options(args.option), progress=True)
     plan_seconds = time.perf_counter() - t0
     summary = result.summary
     summary["seconds"]["to_plan"] = plan_seconds

@@ -72,6 +72,7 @@ def compress(
     calibration_batches: int = 5,
     calibration_batch_size: int = 128,
     options: Mapping[str, object] | None = None,
+    progress: bool = False,
 ) -> Result:
     """Prune a copy of ``model`` to ``budget``; the input model is left untouched.
 
@@ -97,7 +98,7 @@ def compress(
     t_graph = time.perf_counter()
 
     torch.manual_seed(seed)
-    signals = Signals(data, calibration_batches, calibration_batch_size, seed) if data is not None else Signals()
+    signals = Signals(data, calibration_batches, calibration_batch_size, seed, progress) if data is not None else Signals()
     scores = criterion(graph, signals, seed, **crit_opts)
     t_score = time.perf_counter()
     widths = allocator(graph, cost, targets, scores, signals, seed, **alloc_opts)

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from .errors import ConfigError
 from .graph import eval_mode
@@ -20,8 +21,9 @@ class Signals:
     so nothing runs the calibration data twice.
     """
 
-    def __init__(self, data: Dataset | DataLoader | None = None, batches: int = 4, batch_size: int = 64, seed: int = 0):
-        self.seed = seed
+    def __init__(self, data: Dataset | DataLoader | None = None, batches: int = 4, batch_size: int = 64, seed: int = 0,
+                 progress: bool = False):
+        self.seed, self.progress = seed, progress
         self.dataset = data.dataset if isinstance(data, DataLoader) else data
         self.record: dict[str, object] = {}  # what a method wants shown: importance, gates, ranks
         self._batches: list[tuple[torch.Tensor, torch.Tensor | None]] = []
@@ -42,8 +44,9 @@ class Signals:
     def has_data(self) -> bool:
         return bool(self._batches)
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        return iter(self._batches)
+    def batches(self, desc: str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The calibration batches; with ``desc`` and ``progress`` on, behind a progress bar."""
+        return iter(tqdm(self._batches, desc=desc, leave=False, unit="batch", disable=not (self.progress and desc)))
 
     def require(self, who: str, labels: bool = False) -> None:
         if not self._batches:

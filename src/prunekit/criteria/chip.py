@@ -80,5 +80,5 @@ def chip(graph: UnitGraph, signals: Signals, seed: int = 0) -> dict[str, torch.T
         totals[k] += channel_independence(feats).sum(0).cpu()
         counts[k] += feats.shape[0]
 
-    unit_features(graph, (x for x, _ in signals.batches()), consume, all_points=True)
+    unit_features(graph, (x for x, _ in signals.batches("CHIP channel independence")), consume, all_points=True)
     return {u.name: t / max(1, n) for u, t, n in zip(graph.units, totals, counts)}

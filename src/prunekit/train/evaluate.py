@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from ..data import make_loader
 
@@ -12,13 +13,14 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, batch_size: int = 500) -> float:
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: Dataset, batch_size: int = 500, progress: bool = False) -> float:
     """Top-1 accuracy in percent; the model's train/eval mode is restored afterwards."""
     was_training, device = model.training, _device(model)
     model.eval()
     correct = total = 0
-    for x, y in make_loader(data, batch_size, shuffle=False):
+    loader = make_loader(data, batch_size, shuffle=False)
+    for x, y in tqdm(loader, desc="evaluating", leave=False, unit="batch", disable=not progress):
         correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
         total += len(y)
     model.train(was_training)
