@@ -119,3 +119,42 @@ def test_compress_resnet56_fmnist_under_30s(capsys, tmp_path):
                           "--out", str(tmp_path / "o"), "--no-eval", "--json")
     assert code == 0 and time.perf_counter() - t0 < 30
     assert json.loads(stdout)["macs"]["pruned"] <= 0.5 * 96_050_048
+
+
+def test_compress_with_finetuning(capsys, tmp_path):
+    code, stdout, _ = run(capsys, "compress", "--model", "resnet20", "--dataset", "synthetic", "--budget", "flops=0.5",
+                          "--out", str(tmp_path / "o"), "--finetune-epochs", "1", "--max-steps", "2", "--json")
+    s = json.loads(stdout)
+    assert code == 0 and 0 <= s["accuracy_finetuned"] <= 100 and len(s["finetune"]["epochs"]) == 1
+    assert s["finetune"]["recipe"]["lr"] == 0.05
+
+
+@pytest.mark.parametrize("argv,needle", [(["--finetune-epochs", "-1"], "epochs must be > 0"),
+                                         (["--finetune-epochs", "1", "--finetune-lr", "0"], "lr must be > 0"),
+                                         (["--finetune-epochs", "1", "--dataset", ""], "needs training data")])
+def test_bad_finetuning(capsys, tmp_path, argv, needle):
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "compress", "--model", "resnet20", "--dataset", "synthetic", "--budget", "flops=0.5",
+                       "--out", str(out), *argv)
+    assert_one_line_error(code, err)
+    assert needle in err and not out.exists()
+
+
+def test_train_writes_weights_log_and_history(capsys, tmp_path):
+    out = tmp_path / "dense"
+    code, _, _ = run(capsys, "train", "--model", "resnet20", "--dataset", "synthetic", "--epochs", "2",
+                     "--max-steps", "2", "--out", str(out))
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["history.json", "log.jsonl", "model.safetensors"]
+    assert len(json.loads((out / "history.json").read_text())["epochs"]) == 2
+    code, stdout, _ = run(capsys, "eval", "--model", "resnet20", "--dataset", "synthetic", "--checkpoint",
+                          str(out / "model.safetensors"), "--json")
+    assert code == 0 and 0 <= json.loads(stdout)["accuracy"] <= 100
+
+
+@pytest.mark.parametrize("argv,needle", [(["--epochs", "0"], "epochs must be > 0"), (["--lr", "-1"], "lr must be > 0")])
+def test_bad_training(capsys, tmp_path, argv, needle):
+    out = tmp_path / "dense"
+    code, _, err = run(capsys, "train", "--model", "resnet20", "--dataset", "synthetic", "--out", str(out), *argv)
+    assert_one_line_error(code, err)
+    assert needle in err and not out.exists()

@@ -110,6 +110,7 @@ def cmd_compress(args) -> int:
     from .pipeline import compress
     budget = Budget.parse(args.budget)  # every check that needs no work comes first
     resolve(args.method)
+    finetune = _finetune_recipe(args)
     io.check_writable(args.out)
     model, x = _build(args)
     train = test = None
@@ -131,11 +132,37 @@ def cmd_compress(args) -> int:
         _log("re-estimating BatchNorm statistics and evaluating the pruned model ...")
         recalibrate_bn(result.model, train, batches=args.bn_batches)
         summary["accuracy_pruned_bn"] = _accuracy(result.model, test, args.eval_images)
+    if finetune is not None:
+        _finetune(args, finetune, model, result, test)
     out = io.save(result, args.out)
     for fmt in filter(None, (args.export or "").split(",")):
         _export(result.model, x, fmt, out)
     _emit(args, summary, _compress_text(summary, out))
     return 0
+
+
+def _finetune_recipe(args):
+    """BENCHMARKS.md's fine-tuning recipe (the dense one at peak LR 0.05), checked before any work."""
+    from .train import Recipe
+    if args.finetune_epochs == 0:
+        return None
+    if not args.dataset:
+        raise ConfigError("fine-tuning needs training data: pass --dataset")
+    return Recipe(epochs=args.finetune_epochs, lr=args.finetune_lr, batch_size=256, seed=args.seed,
+                  max_steps_per_epoch=args.max_steps)
+
+
+def _finetune(args, recipe, dense, result, test) -> None:
+    """Distill the dense model into the pruned one."""
+    from .train import fit
+    _log(f"fine-tuning for {recipe.epochs} epochs with distillation from the dense model ...")
+    t0 = time.perf_counter()
+    history = fit(result.model, _data(args, "train", augment=True), recipe, teacher=dense)
+    result.summary["seconds"]["finetune"] = time.perf_counter() - t0
+    result.summary["finetune"] = {"recipe": recipe.to_dict(), "epochs": history}
+    if test is not None and not args.no_eval:
+        result.summary["accuracy_finetuned"] = _accuracy(result.model.eval(), test, args.eval_images)
+    result.model.eval()
 
 
 def _compress_text(s: dict, out: Path) -> str:
@@ -151,6 +178,9 @@ def _compress_text(s: dict, out: Path) -> str:
     if "accuracy_dense" in s:
         lines.append(f"accuracy: dense {s['accuracy_dense']:.2f}%  pruned (BatchNorm re-estimated, no fine-tuning) "
                      f"{s['accuracy_pruned_bn']:.2f}%")
+    if "accuracy_finetuned" in s:
+        lines.append(f"accuracy after {len(s['finetune']['epochs'])} fine-tuning epochs with distillation: "
+                     f"{s['accuracy_finetuned']:.2f}%")
     lines.append(f"method {s['method']['name']} ({s['method']['criterion']} + {s['method']['allocator']}), "
                  f"plan in {s['seconds']['to_plan']:.1f} s; cost model verified against FlopCounterMode")
     lines.append(f"saved to {out}/ (plan.json, model.safetensors, summary.json)")
@@ -214,10 +244,13 @@ def cmd_train(args) -> int:
     io.check_writable(args.out)
     model, _ = _build(args)
     train, test = _data(args, "train", augment=True), _data(args, "test")
-    history = fit(model.train(), train, recipe, eval_data=test)
     out = io.ensure_dir(args.out)
+    log = out / "log.jsonl"
+    log.unlink(missing_ok=True)
+    history = fit(model.train(), train, recipe, eval_data=test, log=log)
     io.save_weights(model, out / "model.safetensors")
-    io.write_json(out / "history.json", history)
+    io.write_json(out / "history.json", {"recipe": recipe.to_dict(), "model": args.model, "dataset": args.dataset,
+                                         "epochs": history})
     _emit(args, {"history": history, "checkpoint": str(out / "model.safetensors")},
           f"test accuracy {history[-1].get('eval_acc', float('nan')):.2f}%; weights in {out / 'model.safetensors'}")
     return 0
@@ -251,6 +284,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
     c.add_argument("--no-eval", action="store_true", help="skip the accuracy before/after")
     c.add_argument("--export", help="also export: onnx, torchscript (comma-separated)")
+    c.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune with distillation from the dense model")
+    c.add_argument("--finetune-lr", type=float, default=0.05, help="peak learning rate of the fine-tuning")
+    c.add_argument("--max-steps", type=int, help="stop each fine-tuning epoch after this many steps (quick runs)")
     c.set_defaults(func=cmd_compress)
 
     e = sub.add_parser("eval", help="test accuracy of a dense or pruned model")
