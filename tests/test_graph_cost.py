@@ -1,18 +1,31 @@
 """UnitGraph + CostModel identities: predicted == measured, exact surgery, on many architectures."""
 import copy
+import tempfile
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prunekit import CostModel, UnitGraph, count
+import prunekit
+from prunekit import CostModel, Plan, Result, UnitGraph, count
 from prunekit.models import create_model
 from tests.helpers import masked_copy, random_keep
 
-BUILTIN = ["resnet20", "resnet56", "vgg16_bn", "mobilenetv2"]
+BUILTIN = ["resnet20", "resnet56", "resnet110", "vgg16_bn", "mobilenetv2"]
 TORCHVISION = ["resnet18", "mobilenet_v2", "densenet121", "efficientnet_b0", "googlenet", "regnet_x_400mf",
                "convnext_tiny"]
+
+
+def _roundtrip(model, graph, keep, x, fresh):
+    """save() then load() into a freshly initialized dense model must give the same outputs."""
+    plan = Plan(method="random", budget="", input_shape=list(x.shape), keep=keep,
+                widths={k: len(v) for k, v in keep.items()}, dense_widths={u.name: u.width for u in graph.units})
+    with tempfile.TemporaryDirectory() as d:
+        prunekit.save(Result(model, plan, {}), d)
+        loaded = prunekit.load(d, fresh).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
 
 
 def _prune_and_check(model, x, seed):
@@ -45,6 +58,7 @@ def test_builtin_random_keep_matches_masked_dense(name, seed):
     reference = masked_copy(dense, UnitGraph(dense, x[:1]), keep)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+    _roundtrip(model, graph, keep, x, create_model(name, in_channels=1, num_classes=10))
 
 
 @pytest.mark.slow
@@ -55,12 +69,13 @@ def test_torchvision_random_keep_exact_costs(name, seed):
     tv = pytest.importorskip("torchvision")
     model = tv.models.get_model(name, weights=None, num_classes=10).eval()
     x = torch.randn(1, 3, 64, 64)
-    _prune_and_check(model, x, seed)
+    graph, keep = _prune_and_check(model, x, seed)
     with torch.no_grad():
         assert model(x).shape == (1, 10)
+    _roundtrip(model, graph, keep, x, tv.models.get_model(name, weights=None, num_classes=10))
 
 
-@pytest.mark.parametrize("name", BUILTIN + ["tv:googlenet", "tv:convnext_tiny"])
+@pytest.mark.parametrize("name", BUILTIN + [f"tv:{n}" for n in TORCHVISION])
 def test_keep_all_is_identical(name):
     kw = {"in_channels": 1} if ":" not in name else {}
     model = create_model(name, num_classes=10, **kw).eval()
