@@ -57,3 +57,11 @@ def test_export_onnx_and_torchscript(tmp_path):
     prunekit.export_torchscript(r.model, X, tmp_path / "m.pt")
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(tmp_path / "m.pt"))(X), r.model.eval()(X))
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    import os
+    prunekit.save(compress(create_model("resnet20", in_channels=1), X, 0.5), tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all((p.stat().st_mode & 0o777) == (0o666 & ~umask) for p in tmp_path.iterdir())
