@@ -11,4 +11,4 @@ if [ ! -f "$CKPT" ]; then  # no shipped checkpoint in this checkout: train one b
   [ -f "$CKPT" ] || prunekit train --model resnet20 --dataset fmnist --epochs 1 --max-steps 120 --lr 0.1 --out "$OUT/dense"
 fi
 prunekit compress --model resnet20 --dataset fmnist --checkpoint "$CKPT" --budget flops=0.5 \
-  --method "${METHOD:-l1}" --finetune-epochs 1 --out "$OUT/pruned"
+  --method "${METHOD:-l1+global}" --finetune-epochs 1 --out "$OUT/pruned"

@@ -1,0 +1,132 @@
+"""CPU measurements that need no GPU: planning speed, CHIP speed (fast vs one SVD per channel), and
+accuracy right after pruning (BatchNorm re-estimated, no fine-tuning) for every method and allocator
+setting on the shipped Fashion-MNIST ResNet-20.
+
+    python bench/cpu_quick.py --out bench/results/cpu_quick [--chip]   # ~5 minutes on 2 cores without --chip
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import prunekit
+from prunekit.criteria import chip
+from prunekit.data import load_dataset
+from prunekit.models import create_model
+from prunekit.train import evaluate, recalibrate_bn
+
+CKPT = Path(__file__).resolve().parents[1] / "checkpoints/fmnist-resnet20/model.safetensors"
+X = torch.zeros(1, 1, 28, 28)
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def cli_compress_seconds(tmp: Path) -> float:
+    """The whole `prunekit compress` command for ResNet-56 (process start included), no evaluation."""
+    cmd = [sys.executable, "-m", "prunekit", "compress", "--model", "resnet56", "--dataset", "fmnist",
+           "--budget", "flops=0.5", "--out", str(tmp / "r56"), "--no-eval", "--json"]
+    _, seconds = timed(lambda: subprocess.run(cmd, check=True, capture_output=True))
+    return seconds
+
+
+def resnet56_planning(train) -> dict:
+    torch.manual_seed(0)
+    model = create_model("resnet56", in_channels=1).eval()
+    out = {}
+    for method in ("l1", "l1+global", "itpruner"):
+        prunekit.compress(model, X, 0.5, method=method, data=train)  # warm-up
+        s = prunekit.compress(model, X, 0.5, method=method, data=train).summary
+        out[method] = {k: round(v, 3) for k, v in s["seconds"].items()}
+    return out
+
+
+def chip_speed(train, naive: bool) -> dict:
+    """CHIP scores for all of ResNet-56 from 5 x 128 images; ``naive`` swaps in one SVD per channel."""
+    torch.manual_seed(0)
+    model = create_model("resnet56", in_channels=1).eval()
+    fast = chip.channel_independence
+    if naive:
+        chip.channel_independence = chip.channel_independence_svd
+    try:
+        s = prunekit.compress(model, X, 0.5, method="chip+uniform", data=train, calibration_batches=5,
+                              calibration_batch_size=128).summary
+    finally:
+        chip.channel_independence = fast
+    return {"images": 640, "criterion_seconds": round(s["seconds"]["criterion"], 2)}
+
+
+def accuracy_after_pruning(train, test) -> list[dict]:
+    dense = create_model("resnet20", in_channels=1)
+    prunekit.io.load_weights(dense, CKPT)
+    dense.eval()
+    rows = [{"method": "dense", "flops": 1.0, "accuracy": evaluate(dense, test)}]
+    settings = [("l1", {}), ("l1+global", {"cost_power": 0.0}), ("l1+global", {"cost_power": 0.5}),
+                ("l1+global", {"cost_power": 1.0}), ("next_layer+global", {}), ("bn_scale", {}), ("taylor", {}),
+                ("itpruner", {}), ("itpruner", {"beta": "resnet20"}), ("chip", {}), ("random", {})]
+    for budget in (0.5, 0.2):
+        for method, options in settings:
+            r = prunekit.compress(dense, X, {"flops": budget}, method=method, data=train, options=options)
+            recalibrate_bn(r.model, train, batches=20)
+            rows.append({"method": method, "options": options, "flops": budget,
+                         "macs": r.summary["macs"]["pruned"], "params": r.summary["params"]["pruned"],
+                         "accuracy": evaluate(r.model, test),
+                         "widths": [u["kept"] for u in r.summary["units"]]})
+            print(rows[-1]["method"], options, budget, f"{rows[-1]['accuracy']:.2f}", flush=True)
+    return rows
+
+
+def markdown(res: dict) -> str:
+    lines = [f"# CPU quick benchmark ({res['machine']})", "", f"Command: `{res['command']}`", "",
+             "| measurement | seconds |", "|---|---|",
+             f"| `prunekit compress` ResNet-56 / Fashion-MNIST, flops=0.5, whole command, no evaluation | "
+             f"{res['cli_compress_seconds']:.1f} |"]
+    for m, s in res["resnet56_planning"].items():
+        lines.append(f"| ResNet-56 `compress(method={m!r})`: total (allocation) | {s['total']:.2f} ({s['allocation']:.2f}) |")
+    if "chip_fast" in res:
+        lines.append(f"| CHIP scores, ResNet-56, 640 images, Gram eigenvalues | {res['chip_fast']['criterion_seconds']:.1f} |")
+        lines.append(f"| the same, one SVD per channel | {res['chip_naive']['criterion_seconds']:.1f} |")
+    lines += ["", "Accuracy right after pruning (BatchNorm re-estimated on 20 x 128 training images, no fine-tuning), "
+              "shipped ResNet-20, Fashion-MNIST test set:", "", "| method | options | MACs kept | accuracy % | widths |",
+              "|---|---|---|---|---|"]
+    for r in res["accuracy_after_pruning"]:
+        lines.append(f"| {r['method']} | {r.get('options', '')} | {r['flops']} | {r['accuracy']:.2f} | "
+                     f"{r.get('widths', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench/results/cpu_quick")
+    p.add_argument("--chip", action="store_true", help="also time CHIP, fast and one SVD per channel (slow)")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    train, test = load_dataset("fmnist", split="train"), load_dataset("fmnist", split="test")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                      f"torch {torch.__version__}",
+           "command": "python bench/cpu_quick.py --out " + args.out}
+    res["cli_compress_seconds"] = cli_compress_seconds(out.parent)
+    res["resnet56_planning"] = resnet56_planning(train)
+    if args.chip:
+        res["chip_fast"] = chip_speed(train, naive=False)
+        res["chip_naive"] = chip_speed(train, naive=True)
+    res["accuracy_after_pruning"] = accuracy_after_pruning(train, test)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    out.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
