@@ -7,6 +7,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..data import make_loader
+from ..data.base import batches_in_order
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -19,9 +20,10 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 500, progress: b
     was_training, device = model.training, _device(model)
     model.eval()
     correct = total = 0
-    loader = make_loader(data, batch_size, shuffle=False)
-    for x, y in tqdm(loader, desc="evaluating", leave=False, unit="batch", disable=not progress):
-        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+    batches = batches_in_order(data, batch_size, device)
+    for x, y in tqdm(batches, total=-(-len(data) // batch_size), desc="evaluating", leave=False, unit="batch",
+                     disable=not progress):
+        correct += (model(x).argmax(1) == y).sum().item()
         total += len(y)
     model.train(was_training)
     return 100.0 * correct / max(total, 1)

@@ -10,10 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
+from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from ..data import make_loader
 from ..errors import ConfigError
+from ..io import write_text
+from .batches import epoch_batches, steps_per_epoch
+from .checkpoint import load_state, save_state
 from .evaluate import evaluate
 from .recipe import Recipe
 
@@ -69,61 +72,107 @@ def _check_teacher(model: nn.Module, teacher: nn.Module, data: Dataset) -> None:
 
 
 def fit(model: nn.Module, data: Dataset, recipe: Recipe, eval_data: Dataset | None = None,
-        teacher: nn.Module | None = None, log: str | Path | None = None, progress: bool = True) -> list[dict]:
+        teacher: nn.Module | None = None, log: str | Path | None = None, progress: bool = True,
+        checkpoint: str | Path | None = None, resume: bool = False, device: str | torch.device | None = None
+        ) -> list[dict]:
     """Train ``model`` in place; returns one dict per epoch (loss, train/eval accuracy, seconds, images/s).
 
-    The same seed, data and recipe give the same weights. ``log`` receives the history as JSON lines.
+    The same seed, data and recipe give the same weights. ``checkpoint`` is rewritten after every
+    epoch; with ``resume`` a run continues from it. ``log`` receives the history as JSON lines.
+    Launched by ``torchrun`` or ``accelerate launch``, every process trains its slice of each batch
+    (Accelerate wraps the model in DDP); only the main process evaluates and writes.
     """
+    accelerator = _accelerator(device, model)
+    device = accelerator.device
+    state = load_state(checkpoint, model, recipe) if resume and checkpoint and Path(checkpoint).is_file() else None
     if teacher is not None:
         _check_teacher(model, teacher.eval(), data)
-    torch.manual_seed(recipe.seed)
-    device = next(model.parameters()).device
-    loader = make_loader(data, recipe.batch_size, shuffle=True, seed=recipe.seed, num_workers=recipe.num_workers)
-    steps = min(len(loader), recipe.max_steps_per_epoch or len(loader))
+        teacher.to(device, memory_format=_memory_format(recipe, device))
+    model.to(device, memory_format=_memory_format(recipe, device))
+    steps = steps_per_epoch(data, recipe.batch_size, recipe.max_steps_per_epoch)
     optimizer = make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe, recipe.epochs * steps)
-    history = []
-    for epoch in range(recipe.epochs):
-        row = _epoch(model, loader, steps, optimizer, scheduler, recipe, teacher, device,
+    history = _restore(state, model, optimizer, scheduler) if state else []
+    if log is not None:
+        _write_log(log, history)
+    trained, optimizer = accelerator.prepare(model, optimizer)
+    for epoch in range(len(history), recipe.epochs):
+        batches = epoch_batches(data, recipe.batch_size, recipe.seed, epoch, steps, device,
+                                accelerator.process_index, accelerator.num_processes, recipe.num_workers)
+        row = _epoch(trained, batches, steps, optimizer, scheduler, recipe, teacher, accelerator,
                      desc=f"epoch {epoch + 1}/{recipe.epochs}", progress=progress)
         row["epoch"] = epoch + 1
-        if eval_data is not None:
+        if eval_data is not None and accelerator.is_main_process:
             row["eval_acc"] = evaluate(model, eval_data)
         history.append(row)
-        if log is not None:
-            with open(log, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        if accelerator.is_main_process:
+            if log is not None:
+                _write_log(log, history)
+            if checkpoint is not None:
+                save_state(checkpoint, model, optimizer, scheduler, recipe, history)
+        accelerator.wait_for_everyone()
     return history
 
 
-def _epoch(model, loader, steps, optimizer, scheduler, recipe, teacher, device, desc, progress) -> dict:
+def _accelerator(device, model: nn.Module) -> Accelerator:
+    """Accelerate finds the processes ``torchrun``/``accelerate launch`` started and picks this one's device."""
+    wanted = torch.device(device) if device is not None else (
+        torch.device("cuda") if torch.cuda.is_available() else next(model.parameters()).device)
+    return Accelerator(cpu=wanted.type == "cpu")
+
+
+def _memory_format(recipe: Recipe, device: torch.device) -> torch.memory_format:
+    return torch.channels_last if recipe.channels_last and device.type == "cuda" else torch.preserve_format
+
+
+def _restore(state: dict, model, optimizer, scheduler) -> list[dict]:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return list(state["history"])
+
+
+def _write_log(path: str | Path, history: list[dict]) -> None:
+    """The whole history each time, atomically: a resumed run's log has every epoch exactly once."""
+    write_text(path, "".join(json.dumps(row) + "\n" for row in history))
+
+
+def _epoch(model, batches, steps, optimizer, scheduler, recipe, teacher, accelerator, desc, progress) -> dict:
     model.train()
-    loss_sum = correct = seen = 0
+    device = accelerator.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16 and device.type == "cuda")
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen: synced once per epoch
     t0 = time.perf_counter()
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, unit="step")
-    for step, (x, y) in enumerate(loader):
-        if step == steps:
-            break
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        if teacher is not None:
-            with torch.no_grad():
-                soft = teacher(x)
-            loss = distillation_loss(logits, soft, y, recipe)
-        else:
-            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-        if not torch.isfinite(loss):
-            raise ConfigError(f"training diverged (loss {loss.item()}) at {desc}, step {step}; lower the learning rate")
+    bar = tqdm(total=steps, desc=desc, disable=not (progress and accelerator.is_main_process), leave=False, unit="step")
+    for step, (x, y) in enumerate(batches):
+        x = x.contiguous(memory_format=_memory_format(recipe, device))
+        with autocast:
+            logits = model(x)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = teacher(x)
+                loss = distillation_loss(logits.float(), soft.float(), y, recipe)
+            else:
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        accelerator.backward(loss)
         optimizer.step()
         scheduler.step()
-        loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += len(y)
+        totals += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                               torch.tensor(len(y), dtype=torch.float64, device=device)])
         bar.update()
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+        if step % 25 == 0 or step == steps - 1:
+            _check_finite(totals, desc, step)
+            bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{100 * totals[1] / totals[2]:.1f}",
+                            img_s=f"{accelerator.num_processes * totals[2].item() / (time.perf_counter() - t0):.0f}")
     bar.close()
+    loss_sum, correct, seen = accelerator.reduce(totals, reduction="sum").tolist()
     seconds = time.perf_counter() - t0
     return {"loss": loss_sum / max(seen, 1), "train_acc": 100 * correct / max(seen, 1), "seconds": seconds,
             "images_per_s": seen / max(seconds, 1e-9), "lr": scheduler.get_last_lr()[0]}
+
+
+def _check_finite(totals: torch.Tensor, desc: str, step: int) -> None:
+    if not torch.isfinite(totals[0]):
+        raise ConfigError(f"training diverged (loss is not finite) at {desc}, step {step}; lower the learning rate")

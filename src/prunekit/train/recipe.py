@@ -27,6 +27,8 @@ class Recipe:
     seed: int = 0
     max_steps_per_epoch: int | None = None  # quick runs: stop each epoch early
     num_workers: int = 0
+    bf16: bool = True  # bfloat16 autocast on GPUs (ignored on the CPU)
+    channels_last: bool = True  # NHWC memory layout on GPUs, faster convolutions with tensor cores
 
     def __post_init__(self) -> None:
         self._positive("epochs", self.epochs, integer=True)
