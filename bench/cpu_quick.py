@@ -1,8 +1,8 @@
-"""CPU measurements that need no GPU: planning speed, CHIP speed (fast vs one SVD per channel), and
-accuracy right after pruning (BatchNorm re-estimated, no fine-tuning) for every method and allocator
-setting on the shipped Fashion-MNIST ResNet-20.
+"""CPU measurements that need no GPU: planning speed and accuracy right after pruning (BatchNorm
+re-estimated, no fine-tuning) for every method and allocator setting on the shipped Fashion-MNIST
+ResNet-20. CHIP's speed has its own script, bench/chip_speed.py.
 
-    python bench/cpu_quick.py --out bench/results/cpu_quick [--chip]   # ~5 minutes on 2 cores without --chip
+    python bench/cpu_quick.py --out bench/results/cpu_quick   # ~5 minutes on 2 cores
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 import prunekit
-from prunekit.criteria import chip
 from prunekit.data import load_dataset
 from prunekit.models import create_model
 from prunekit.train import evaluate, recalibrate_bn
@@ -51,21 +50,6 @@ def resnet56_planning(train) -> dict:
     return out
 
 
-def chip_speed(train, naive: bool) -> dict:
-    """CHIP scores for all of ResNet-56 from 5 x 128 images; ``naive`` swaps in one SVD per channel."""
-    torch.manual_seed(0)
-    model = create_model("resnet56", in_channels=1).eval()
-    fast = chip.channel_independence
-    if naive:
-        chip.channel_independence = chip.channel_independence_svd
-    try:
-        s = prunekit.compress(model, X, 0.5, method="chip+uniform", data=train, calibration_batches=5,
-                              calibration_batch_size=128).summary
-    finally:
-        chip.channel_independence = fast
-    return {"images": 640, "criterion_seconds": round(s["seconds"]["criterion"], 2)}
-
-
 def accuracy_after_pruning(train, test) -> list[dict]:
     dense = create_model("resnet20", in_channels=1)
     prunekit.io.load_weights(dense, CKPT)
@@ -93,9 +77,6 @@ def markdown(res: dict) -> str:
              f"{res['cli_compress_seconds']:.1f} |"]
     for m, s in res["resnet56_planning"].items():
         lines.append(f"| ResNet-56 `compress(method={m!r})`: total (allocation) | {s['total']:.2f} ({s['allocation']:.2f}) |")
-    if "chip_fast" in res:
-        lines.append(f"| CHIP scores, ResNet-56, 640 images, Gram eigenvalues | {res['chip_fast']['criterion_seconds']:.1f} |")
-        lines.append(f"| the same, one SVD per channel | {res['chip_naive']['criterion_seconds']:.1f} |")
     lines += ["", "Accuracy right after pruning (BatchNorm re-estimated on 20 x 128 training images, no fine-tuning), "
               "shipped ResNet-20, Fashion-MNIST test set:", "", "| method | options | MACs kept | accuracy % | widths |",
               "|---|---|---|---|---|"]
@@ -108,7 +89,6 @@ def markdown(res: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/results/cpu_quick")
-    p.add_argument("--chip", action="store_true", help="also time CHIP, fast and one SVD per channel (slow)")
     args = p.parse_args()
     torch.set_num_threads(2)
     train, test = load_dataset("fmnist", split="train"), load_dataset("fmnist", split="test")
@@ -119,9 +99,6 @@ def main() -> None:
            "command": "python bench/cpu_quick.py --out " + args.out}
     res["cli_compress_seconds"] = cli_compress_seconds(out.parent)
     res["resnet56_planning"] = resnet56_planning(train)
-    if args.chip:
-        res["chip_fast"] = chip_speed(train, naive=False)
-        res["chip_naive"] = chip_speed(train, naive=True)
     res["accuracy_after_pruning"] = accuracy_after_pruning(train, test)
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     out.with_suffix(".md").write_text(markdown(res))

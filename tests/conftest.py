@@ -1,8 +1,12 @@
 import os
 
-import pytest
-import torch
-from hypothesis import HealthCheck, settings
+# OpenMP threads that spin while idle make CPU tests crawl whenever a subprocess or another job shares
+# the cores; set before torch starts its thread pool (subprocesses inherit it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 settings.load_profile("ci")

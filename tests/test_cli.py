@@ -145,7 +145,7 @@ def test_train_writes_weights_log_and_history(capsys, tmp_path):
     code, _, _ = run(capsys, "train", "--model", "resnet20", "--dataset", "synthetic", "--epochs", "2",
                      "--max-steps", "2", "--out", str(out))
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["history.json", "log.jsonl", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "history.json", "log.jsonl", "model.safetensors"]
     assert len(json.loads((out / "history.json").read_text())["epochs"]) == 2
     code, stdout, _ = run(capsys, "eval", "--model", "resnet20", "--dataset", "synthetic", "--checkpoint",
                           str(out / "model.safetensors"), "--json")
@@ -158,3 +158,34 @@ def test_bad_training(capsys, tmp_path, argv, needle):
     code, _, err = run(capsys, "train", "--model", "resnet20", "--dataset", "synthetic", "--out", str(out), *argv)
     assert_one_line_error(code, err)
     assert needle in err and not out.exists()
+
+
+def test_train_resume_and_the_runs_it_refuses(capsys, tmp_path):
+    out = tmp_path / "dense"
+    common = ["train", "--dataset", "synthetic", "--epochs", "1", "--max-steps", "1", "--out", str(out)]
+    assert run(capsys, *common, "--model", "resnet20")[0] == 0
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = run(capsys, *common, "--model", "resnet20")  # would overwrite the run
+    assert_one_line_error(code, err)
+    assert "pass --resume" in err
+    code, _, err = run(capsys, *common, "--model", "resnet56", "--resume")  # another model's checkpoint
+    assert_one_line_error(code, err)
+    assert "another model" in err
+    code, _, err = run(capsys, *common, "--model", "resnet20", "--resume", "--lr", "0.1")
+    assert_one_line_error(code, err)
+    assert "lr=0.2" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files  # nothing overwritten
+    assert run(capsys, *common, "--model", "resnet20", "--resume")[0] == 0  # finished run: resumes to the end
+
+
+def test_compress_finetuning_resumes_from_its_checkpoint(capsys, tmp_path):
+    out = tmp_path / "o"
+    argv = ["compress", "--model", "resnet20", "--dataset", "synthetic", "--budget", "flops=0.5", "--out", str(out),
+            "--finetune-epochs", "1", "--max-steps", "1", "--no-eval", "--json"]
+    code, first, _ = run(capsys, *argv)
+    assert code == 0 and (out / "checkpoint.pt").exists()
+    code, _, err = run(capsys, *argv[:6], "flops=0.3", *argv[7:], "--resume")  # another pruned architecture
+    assert_one_line_error(code, err)
+    assert "another model" in err
+    code, again, _ = run(capsys, *argv, "--resume")
+    assert code == 0 and json.loads(again)["finetune"]["epochs"] == json.loads(first)["finetune"]["epochs"]

@@ -8,11 +8,13 @@ from .io import export_onnx, export_torchscript, load, save
 from .methods import list_methods
 from .pipeline import Result, compress
 from .plan import Plan
+from .sweep import sweep
+from .train import finetune
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Budget", "BudgetError", "CheckpointError", "ConfigError", "CostModel", "DataError", "OutputError", "Plan",
     "PrunekitError", "Result", "Unit", "UnitGraph", "UnsupportedLayerError", "compress", "count",
-    "export_onnx", "export_torchscript", "list_methods", "load", "save",
+    "export_onnx", "export_torchscript", "finetune", "list_methods", "load", "save", "sweep",
 ]

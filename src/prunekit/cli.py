@@ -100,31 +100,38 @@ def _human(x: float) -> str:
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    if _main_process():
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _main_process() -> bool:
+    """Under torchrun/accelerate launch every process runs the command; one of them reports and writes."""
+    import os
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 # -- commands ------------------------------------------------------------------------------------
 def cmd_compress(args) -> int:
-    from .budget import Budget
-    from .methods import resolve
     from .pipeline import compress
-    budget = Budget.parse(args.budget)  # every check that needs no work comes first
-    resolve(args.method)
+    budget, method, options = _budget_or_ratios(args)  # every check that needs no work comes first
     finetune = _finetune_recipe(args)
     io.check_writable(args.out)
+    if finetune is not None:
+        _check_resumable(args)
     model, x = _build(args)
     train = test = None
     if args.dataset:
         train, test = _data(args, "train"), _data(args, "test")
-    _log(f"compressing {args.model} to {budget.describe()} with {args.method} ...")
+    _log(f"compressing {args.model} to {args.ratios or budget.describe()} with {method} ...")
     t0 = time.perf_counter()
-    result = compress(model, x, budget, method=args.method, data=train, seed=args.seed,
+    result = compress(model, x, budget, method=method, data=train, seed=args.seed,
                       ignore=[s for s in (args.ignore or "").split(",") if s], min_width=args.min_width,
                       round_to=args.round_to, calibration_batches=args.calibration_batches,
-                      options=_options(args.option), progress=True)
+                      options=options, progress=True)
     plan_seconds = time.perf_counter() - t0
     summary = result.summary
     summary["seconds"]["to_plan"] = plan_seconds
+    summary["model"], summary["dataset"] = args.model, args.dataset  # for the report's header
     if test is not None and not args.no_eval:
         from .train import recalibrate_bn
         _log("evaluating the dense model ...")
@@ -134,11 +141,35 @@ def cmd_compress(args) -> int:
         summary["accuracy_pruned_bn"] = _accuracy(result.model, test, args.eval_images)
     if finetune is not None:
         _finetune(args, finetune, model, result, test)
+    if not _main_process():
+        return 0
     out = io.save(result, args.out)
     for fmt in filter(None, (args.export or "").split(",")):
         _export(result.model, x, fmt, out)
-    _emit(args, summary, _compress_text(summary, out))
+    report = _write_report(out) if args.report else None
+    _emit(args, summary, _compress_text(summary, out) + (f"\nreport: {report}" if report else ""))
     return 0
+
+
+def _write_report(run_dir: Path, dest: str | None = None) -> Path:
+    from .report import write_report
+    return write_report(run_dir, dest)
+
+
+def _budget_or_ratios(args):
+    """(budget, method, options). ``--ratios`` fixes every width (CHIP's hand-set lists) with the
+    method's criterion, and turns ``--budget`` into an optional ceiling (the dense cost if absent)."""
+    from .allocation.ratios import parse_ratios
+    from .budget import Budget
+    from .methods import resolve
+    if not args.budget and not args.ratios:
+        raise ConfigError("compress needs --budget (e.g. flops=0.5) or --ratios (e.g. '[0.]+[0.15]*2+[0.4]*27')")
+    budget = Budget.parse(args.budget) if args.budget else Budget(flops=1.0)
+    recipe, options = resolve(args.method), _options(args.option)
+    if not args.ratios:
+        return budget, args.method, options
+    parse_ratios(args.ratios)
+    return budget, f"{recipe.criterion}+ratios", {**options, "ratios": args.ratios}
 
 
 def _finetune_recipe(args):
@@ -152,14 +183,26 @@ def _finetune_recipe(args):
                   max_steps_per_epoch=args.max_steps)
 
 
+def _check_resumable(args) -> None:
+    """A run directory with a training checkpoint is continued only when asked, never overwritten."""
+    from .train import CHECKPOINT
+    ckpt = Path(args.out) / CHECKPOINT
+    if ckpt.exists() and not args.resume:
+        raise ConfigError(f"{args.out} holds an unfinished or finished training run ({CHECKPOINT}); "
+                          "pass --resume to continue it or choose another --out")
+    if args.resume and not ckpt.exists():
+        _log(f"nothing to resume in {args.out}: starting from the first epoch")
+
+
 def _finetune(args, recipe, dense, result, test) -> None:
-    """Distill the dense model into the pruned one."""
-    from .train import fit
+    """Distill the dense model into the pruned one, checkpointing every epoch into --out."""
+    from .train import CHECKPOINT, finetune
     _log(f"fine-tuning for {recipe.epochs} epochs with distillation from the dense model ...")
     t0 = time.perf_counter()
-    history = fit(result.model, _data(args, "train", augment=True), recipe, teacher=dense)
+    out = io.ensure_dir(args.out)
+    finetune(result, _data(args, "train", augment=True), teacher=dense, checkpoint=out / CHECKPOINT,
+             resume=args.resume, device=args.device, **recipe.to_dict())
     result.summary["seconds"]["finetune"] = time.perf_counter() - t0
-    result.summary["finetune"] = {"recipe": recipe.to_dict(), "epochs": history}
     if test is not None and not args.no_eval:
         result.summary["accuracy_finetuned"] = _accuracy(result.model.eval(), test, args.eval_images)
     result.model.eval()
@@ -194,6 +237,38 @@ def _export(model, x, fmt: str, out: Path) -> None:
         io.export_torchscript(model, x, out / "model.torchscript.pt")
     else:
         raise ConfigError(f"unknown export format {fmt!r}; choose onnx or torchscript")
+
+
+def cmd_sweep(args) -> int:
+    """Several budgets in one run: calibration and scores are shared, each point is saved."""
+    from .methods import resolve
+    from .sweep import SWEEP_JSON, check_budgets, sweep
+    budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
+    check_budgets(budgets)  # every budget is read before any work; feasibility once the model is built
+    resolve(args.method)
+    finetune = _finetune_recipe(args)
+    io.check_writable(args.out)
+    model, x = _build(args)
+    train = test = None
+    if args.dataset:
+        train = _data(args, "train")
+        test = None if args.no_eval else _data(args, "test")
+    _log(f"sweeping {args.model} over MACs budgets {', '.join(budgets)} with {args.method} ...")
+    result = sweep(model, x, budgets, method=args.method, data=train, seed=args.seed, test_data=test,
+                   finetune=finetune, finetune_data=_data(args, "train", augment=True) if finetune else None,
+                   bn_batches=args.bn_batches, eval_images=args.eval_images, device=args.device, out=args.out,
+                   ignore=[s for s in (args.ignore or "").split(",") if s], min_width=args.min_width,
+                   round_to=args.round_to, calibration_batches=args.calibration_batches,
+                   options=_options(args.option), progress=True)
+    obj = result.to_dict()
+    rows = [["budget", "MACs", "kept %", "params", "acc BN %", "acc fine-tuned %", "plan s"]]
+    for q in obj["points"]:
+        rows.append([q["budget"], _human(q["macs"]), f"{100 * q['macs'] / q['macs_dense']:.1f}", _human(q["params"]),
+                     "-" if q["accuracy_pruned_bn"] is None else f"{q['accuracy_pruned_bn']:.2f}",
+                     "-" if q["accuracy_finetuned"] is None else f"{q['accuracy_finetuned']:.2f}",
+                     f"{q['seconds_to_plan']:.1f}"])
+    _emit(args, obj, _table(rows) + f"\nsaved to {args.out}/ ({SWEEP_JSON}, one directory per budget, plot)")
+    return 0
 
 
 def cmd_eval(args) -> int:
@@ -239,15 +314,18 @@ def cmd_train(args) -> int:
     from .train import Recipe, fit
     if not args.dataset:
         raise ConfigError("train needs --dataset")
+    from .train import CHECKPOINT
     recipe = Recipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                     max_steps_per_epoch=args.max_steps)
     io.check_writable(args.out)
+    _check_resumable(args)
     model, _ = _build(args)
     train, test = _data(args, "train", augment=True), _data(args, "test")
     out = io.ensure_dir(args.out)
-    log = out / "log.jsonl"
-    log.unlink(missing_ok=True)
-    history = fit(model.train(), train, recipe, eval_data=test, log=log)
+    history = fit(model.train(), train, recipe, eval_data=test, log=out / "log.jsonl", checkpoint=out / CHECKPOINT,
+                  resume=args.resume, device=args.device)
+    if not _main_process():
+        return 0
     io.save_weights(model, out / "model.safetensors")
     io.write_json(out / "history.json", {"recipe": recipe.to_dict(), "model": args.model, "dataset": args.dataset,
                                          "epochs": history})
@@ -265,13 +343,21 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    path = _write_report(Path(args.run_dir), args.out)
+    _emit(args, {"report": str(path)}, f"report written to {path}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunekit", description="Compress a CNN to a FLOPs/params budget.")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compress", help="prune a model to a budget and save the result")
     _model_args(c)
-    c.add_argument("--budget", required=True, help="flops=0.5, params=200K, or both comma-separated")
+    c.add_argument("--budget", help="flops=0.5, params=200K, or both comma-separated (with --ratios: optional ceiling)")
+    c.add_argument("--ratios", help="fixed per-layer ratios in the CHIP paper's format, e.g. '[0.]+[0.15]*2+[0.4]*27' "
+                                    "(resnet20/56/110, vgg16_bn); uses the --method's criterion")
     c.add_argument("--method", default="l1", help="a method (prunekit methods) or criterion+allocator")
     c.add_argument("--out", required=True, help="output directory")
     c.add_argument("--seed", type=int, default=0)
@@ -284,10 +370,33 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
     c.add_argument("--no-eval", action="store_true", help="skip the accuracy before/after")
     c.add_argument("--export", help="also export: onnx, torchscript (comma-separated)")
+    c.add_argument("--report", action="store_true", help="also write a self-contained HTML report to --out/report.html")
     c.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune with distillation from the dense model")
     c.add_argument("--finetune-lr", type=float, default=0.05, help="peak learning rate of the fine-tuning")
     c.add_argument("--max-steps", type=int, help="stop each fine-tuning epoch after this many steps (quick runs)")
+    c.add_argument("--resume", action="store_true", help="continue the fine-tuning checkpointed in --out")
+    c.add_argument("--device", help="fine-tuning device, e.g. cpu or cuda (default: cuda when available)")
     c.set_defaults(func=cmd_compress)
+
+    w = sub.add_parser("sweep", help="prune to several MACs budgets in one run (shared calibration)")
+    _model_args(w)
+    w.add_argument("--budgets", required=True, help="comma-separated MACs budgets: fractions (0.7,0.5) or counts (20M)")
+    w.add_argument("--method", default="l1", help="a method (prunekit methods) or criterion+allocator")
+    w.add_argument("--out", required=True, help="output directory: sweep.json, a plot, one directory per budget")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--ignore", help="comma-separated layer names never to prune")
+    w.add_argument("--min-width", type=float, default=0.05, help="smallest kept fraction of any unit")
+    w.add_argument("--round-to", type=int, default=1, help="keep widths multiples of this")
+    w.add_argument("--calibration-batches", type=int, default=5, help="batches of 128 training images")
+    w.add_argument("--option", action="append", help="method option name=value, e.g. beta=500 (repeatable)")
+    w.add_argument("--bn-batches", type=int, default=20, help="batches to re-estimate BatchNorm before evaluating")
+    w.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
+    w.add_argument("--no-eval", action="store_true", help="skip the accuracy of each point")
+    w.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune each point with distillation")
+    w.add_argument("--finetune-lr", type=float, default=0.05, help="peak learning rate of the fine-tuning")
+    w.add_argument("--max-steps", type=int, help="stop each fine-tuning epoch after this many steps (quick runs)")
+    w.add_argument("--device", help="evaluation and fine-tuning device, e.g. cpu or cuda (planning runs on the CPU)")
+    w.set_defaults(func=cmd_sweep)
 
     e = sub.add_parser("eval", help="test accuracy of a dense or pruned model")
     _model_args(e)
@@ -310,6 +419,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=256)
     t.add_argument("--max-steps", type=int, help="stop each epoch after this many steps (quick runs)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
+    t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     t.set_defaults(func=cmd_train)
 
     x = sub.add_parser("export", help="export a model to ONNX or TorchScript")
@@ -317,6 +428,12 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=["onnx", "torchscript"], required=True)
     x.add_argument("--out", required=True)
     x.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("report", help="write the self-contained HTML report of a compress or sweep output directory")
+    r.add_argument("run_dir", metavar="RUN_DIR", help="an --out directory of prunekit compress or prunekit sweep")
+    r.add_argument("--out", help="the HTML file to write (default: RUN_DIR/report.html)")
+    r.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    r.set_defaults(func=cmd_report)
     return p
 
 

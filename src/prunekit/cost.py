@@ -84,15 +84,20 @@ class CostModel:
         for k, unit in enumerate(graph.units):
             for s in unit.slices:
                 forms[(s.param, s.dim)][k] = len(torch.unique(s.index)) / unit.width
-        self.params = self._polynomial(model, forms, None, self.dense_widths)
         weights = {f"{name}.weight": p for name, p in positions.items()}
-        self.macs = self._polynomial(model, forms, weights, self.dense_widths)
+        params = self._terms(model, forms, None, self.dense_widths)
+        macs = self._terms(model, forms, weights, self.dense_widths)
+        self.params = _assemble(params.values(), len(self.units))
+        self.macs = _assemble(macs.values(), len(self.units))
+        # per-layer terms are kept because the graph's model is pruned in place after planning
+        self._layers = {"macs": _by_layer(macs), "params": _by_layer(params)}
+        self._types = {name: type(m).__name__ for name, m in model.named_modules()}
 
     @staticmethod
-    def _polynomial(model, forms, multipliers: dict[str, int] | None, widths: np.ndarray) -> Polynomial:
-        """Sum of tensor sizes (params), or of weight sizes x positions (MACs when given)."""
-        n = len(widths)
-        c, a, Q = 0.0, np.zeros(n), np.zeros((n, n))
+    def _terms(model, forms, multipliers: dict[str, int] | None, widths: np.ndarray) -> dict[str, dict[tuple, float]]:
+        """Per parameter, its size (params) or weight size x positions (MACs when given) as monomials
+        in the Unit widths: {(): c, (i,): a_i, (i, j): q_ij}."""
+        out = {}
         seen = set()
         for name, p in model.named_parameters():
             if id(p) in seen:
@@ -116,18 +121,10 @@ class CostModel:
                     for k, m in form.items():
                         new[tuple(sorted(mono + (k,)))] += coef * m
                 terms = new
-            for mono, coef in terms.items():
-                if len(mono) == 0:
-                    c += coef
-                elif len(mono) == 1:
-                    a[mono[0]] += coef
-                elif len(mono) == 2:
-                    i, j = mono
-                    Q[i, j] += coef / 2.0
-                    Q[j, i] += coef / 2.0
-                elif coef:
-                    raise UnsupportedLayerError(f"parameter {name!r} depends on more than two prunable widths; ignore its layer")
-        return Polynomial(c, a, Q)
+            if any(len(mono) > 2 and coef for mono, coef in terms.items()):
+                raise UnsupportedLayerError(f"parameter {name!r} depends on more than two prunable widths; ignore its layer")
+            out[name] = {mono: coef for mono, coef in terms.items() if len(mono) <= 2}
+        return out
 
     # -- conveniences ------------------------------------------------------------------------------
     def vector(self, widths: dict[str, int]) -> np.ndarray:
@@ -136,6 +133,47 @@ class CostModel:
     def evaluate(self, widths: dict[str, int] | None = None) -> dict[str, float]:
         w = self.dense_widths if widths is None else self.vector(widths)
         return {"macs": self.macs(w), "params": self.params(w)}
+
+    def layer_costs(self, widths: dict[str, int] | None = None) -> dict[str, dict]:
+        """MACs and parameters of every layer that owns parameters (a conv, linear, BatchNorm...), at
+        ``widths`` (dense when None); they sum to :meth:`evaluate`. For the report's cost breakdown."""
+        w = self.dense_widths if widths is None else self.vector(widths)
+        out = {}
+        for layer, terms in self._layers["params"].items():
+            macs = self._layers["macs"].get(layer, {})
+            out[layer] = {"type": self._types.get(layer, "Parameter"),
+                          "macs": _value(macs, w), "params": _value(terms, w)}
+        return out
+
+
+def _assemble(per_param, n: int) -> Polynomial:
+    """One polynomial c + a.w + w.Q.w from many monomial dicts."""
+    c, a, Q = 0.0, np.zeros(n), np.zeros((n, n))
+    for terms in per_param:
+        for mono, coef in terms.items():
+            if len(mono) == 0:
+                c += coef
+            elif len(mono) == 1:
+                a[mono[0]] += coef
+            else:
+                i, j = mono
+                Q[i, j] += coef / 2.0
+                Q[j, i] += coef / 2.0
+    return Polynomial(c, a, Q)
+
+
+def _by_layer(per_param: dict[str, dict[tuple, float]]) -> dict[str, dict[tuple, float]]:
+    """Monomials summed over each module's parameters (``layer1.0.conv1.weight`` -> ``layer1.0.conv1``)."""
+    out: dict[str, dict[tuple, float]] = {}
+    for name, terms in per_param.items():
+        layer = out.setdefault(name.rpartition(".")[0] or name, defaultdict(float))
+        for mono, coef in terms.items():
+            layer[mono] += coef
+    return out
+
+
+def _value(terms: dict[tuple, float], w: np.ndarray) -> float:
+    return float(sum(coef * np.prod(w[list(mono)]) for mono, coef in terms.items()))
 
 
 

@@ -5,7 +5,7 @@ import copy
 import inspect
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from .cost import CostModel, count
 from .criteria import CRITERIA
 from .errors import BudgetError, ConfigError, PrunekitError
 from .graph import UnitGraph
-from .methods import resolve
+from .methods import Method, resolve
 from .plan import Plan
 from .signals import Signals
 
@@ -79,43 +79,97 @@ def compress(
     ``example_inputs`` fixes the input size the costs are counted at (use batch 1). ``options``
     go to the criterion or allocator that takes them (e.g. ``{"beta": 500}`` for itpruner).
     """
+    budget = as_budget(budget)
+    prepared = prepare(model, example_inputs, method, ignore=ignore, min_width=min_width, round_to=round_to,
+                       options=options)
+    targets = prepared.targets(budget)
+    prepared.score(data, seed, calibration_batches, calibration_batch_size, progress)
+    return prepared.prune(budget, targets, seed)
+
+
+@dataclass
+class Prepared:
+    """Everything a plan needs that does not depend on the budget: the Units and costs of a copy of
+    the model, and (after ``score``) the calibration Signals and channel scores. A sweep computes it
+    once and prunes to many budgets; ``compress`` is one ``prune``."""
+
+    model: nn.Module  # the caller's model, never modified
+    example_inputs: object
+    graph: UnitGraph  # built on a private copy that stays dense until prune() without a graph
+    cost: CostModel
+    dense: dict
+    smallest: dict
+    recipe: Method
+    criterion: Callable
+    allocator: Callable
+    options: tuple[dict, dict]  # (criterion options, allocator options)
+    graph_options: dict
+    seconds: dict
+    signals: Signals | None = None
+    scores: dict | None = None
+    rng_state: torch.Tensor | None = None
+
+    def targets(self, budget: Budget) -> dict:
+        """Absolute targets of ``budget``; refused before any calibration work if no model meets them."""
+        targets = budget.targets(self.dense)
+        budget.check_feasible(targets, self.smallest, self.dense)
+        return targets
+
+    def score(self, data, seed: int, calibration_batches: int, calibration_batch_size: int, progress: bool) -> None:
+        """Draw the calibration batches and rank the channels of every Unit, once."""
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        self.signals = (Signals(data, calibration_batches, calibration_batch_size, seed, progress)
+                        if data is not None else Signals())
+        self.scores = self.criterion(self.graph, self.signals, seed, **self.options[0])
+        self.rng_state = torch.get_rng_state()  # every budget's allocation starts from the same state
+        self.seconds["criterion"] = time.perf_counter() - t0
+
+    def prune(self, budget: Budget, targets: dict, seed: int, fresh: bool = False) -> Result:
+        """Allocate widths for ``targets`` on the dense graph, apply them and verify. The prepared copy
+        itself is pruned (so it is no longer dense) unless ``fresh``: then a new dense copy is."""
+        if self.scores is None:
+            raise RuntimeError("Prepared.score() must run before prune()")
+        t0 = time.perf_counter()
+        torch.set_rng_state(self.rng_state)
+        widths = self.allocator(self.graph, self.cost, targets, self.scores, self.signals, seed, **self.options[1])
+        t_alloc = time.perf_counter()
+        shape = list(self.example_inputs.shape) if isinstance(self.example_inputs, torch.Tensor) else []
+        plan = Plan.from_widths(self.graph, widths, self.scores, method=self.recipe.name, budget=budget.describe(),
+                                input_shape=shape, seed=seed)
+        graph = UnitGraph(copy.deepcopy(self.model), self.example_inputs, **self.graph_options) if fresh else self.graph
+        t_copy = time.perf_counter()
+        plan.apply(graph)
+        t_apply = time.perf_counter()
+        summary = verify(graph.model, self.example_inputs, self.cost, plan, targets, self.dense)
+        summary["method"] = {"name": self.recipe.name, "criterion": self.recipe.criterion,
+                             "allocator": self.recipe.allocator}
+        summary["budget"] = budget.describe()
+        summary["signals"] = self.signals.record
+        summary["seconds"] = {**self.seconds, "allocation": t_alloc - t0, "copy": t_copy - t_alloc,
+                              "surgery": t_apply - t_copy}
+        summary["seconds"]["total"] = self.seconds["graph"] + self.seconds["criterion"] + time.perf_counter() - t0
+        return Result(graph.model, plan, summary)
+
+
+def prepare(model: nn.Module, example_inputs, method: str = "l1", *, ignore=(), min_width: float = 0.05,
+            round_to: int = 1, options: Mapping[str, object] | None = None) -> Prepared:
+    """Resolve the method and build the UnitGraph and CostModel of a copy of ``model``."""
     if not 0.0 <= min_width < 1.0:
         raise ConfigError(f"min_width must be in [0, 1), got {min_width}")
-    budget = as_budget(budget)
     recipe = resolve(method)
     criterion, allocator = CRITERIA.get(recipe.criterion), ALLOCATORS.get(recipe.allocator)
-    crit_opts, alloc_opts = split_options(options or {}, criterion, allocator, recipe.name)
+    split = split_options(options or {}, criterion, allocator, recipe.name)
     t0 = time.perf_counter()
-    pruned = copy.deepcopy(model)
-    graph = UnitGraph(pruned, example_inputs, ignore=ignore, min_width=min_width, round_to=round_to)
+    graph_options = {"ignore": ignore, "min_width": min_width, "round_to": round_to}
+    graph = UnitGraph(copy.deepcopy(model), example_inputs, **graph_options)
     if not len(graph):
         raise ConfigError("this model has no prunable layers (all are protected or ignored)")
     cost = CostModel(graph)
     dense = cost.evaluate()
-    targets = budget.targets(dense)
     smallest = cost.evaluate({u.name: u.min_keep for u in graph.units})
-    budget.check_feasible(targets, smallest, dense)
-    t_graph = time.perf_counter()
-
-    torch.manual_seed(seed)
-    signals = Signals(data, calibration_batches, calibration_batch_size, seed, progress) if data is not None else Signals()
-    scores = criterion(graph, signals, seed, **crit_opts)
-    t_score = time.perf_counter()
-    widths = allocator(graph, cost, targets, scores, signals, seed, **alloc_opts)
-    t_alloc = time.perf_counter()
-
-    shape = list(example_inputs.shape) if isinstance(example_inputs, torch.Tensor) else []
-    plan = Plan.from_widths(graph, widths, scores, method=recipe.name, budget=budget.describe(),
-                            input_shape=shape, seed=seed)
-    plan.apply(graph)
-    t_apply = time.perf_counter()
-    summary = verify(pruned, example_inputs, cost, plan, targets, dense)
-    summary["method"] = {"name": recipe.name, "criterion": recipe.criterion, "allocator": recipe.allocator}
-    summary["budget"] = budget.describe()
-    summary["signals"] = signals.record
-    summary["seconds"] = {"graph": t_graph - t0, "criterion": t_score - t_graph, "allocation": t_alloc - t_score,
-                          "surgery": t_apply - t_alloc, "total": time.perf_counter() - t0}
-    return Result(pruned, plan, summary)
+    return Prepared(model, example_inputs, graph, cost, dense, smallest, recipe, criterion, allocator, split,
+                    graph_options, {"graph": time.perf_counter() - t0})
 
 
 def verify(model: nn.Module, example_inputs, cost: CostModel, plan: Plan, targets: dict, dense: dict) -> dict:
@@ -137,4 +191,14 @@ def verify(model: nn.Module, example_inputs, cost: CostModel, plan: Plan, target
         "budget_gap": (targets[binding] - measured[binding]) / targets[binding],
         "within_tolerance": (targets[binding] - measured[binding]) / targets[binding] <= TOLERANCE,
         "units": [{"name": n, "width": plan.dense_widths[n], "kept": plan.widths[n]} for n in plan.dense_widths],
+        "layers": layer_breakdown(cost, plan.widths),
     }
+
+
+def layer_breakdown(cost: CostModel, widths: dict[str, int]) -> list[dict]:
+    """Per-layer MACs and parameters, dense and pruned (they sum to the totals): the run directory
+    keeps no dense model, so the report's cost breakdown is recorded here."""
+    dense, pruned = cost.layer_costs(), cost.layer_costs(widths)
+    return [{"name": name, "type": d["type"], "macs_dense": round(d["macs"]), "macs_pruned": round(pruned[name]["macs"]),
+             "params_dense": round(d["params"]), "params_pruned": round(pruned[name]["params"])}
+            for name, d in dense.items()]

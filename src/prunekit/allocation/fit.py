@@ -29,14 +29,17 @@ def snap(graph: UnitGraph, widths: np.ndarray) -> np.ndarray:
 
 
 def fit(graph: UnitGraph, cost: CostModel, targets: dict[str, float], widths: np.ndarray,
-        shrink_key: Key, grow_key: Key | None = None, max_swaps: int = 50) -> np.ndarray:
+        shrink_key: Key, grow_key: Key | None = None, max_swaps: int = 50, lo: np.ndarray | None = None) -> np.ndarray:
     """Shrink until every target holds, grow while they still do, then trade steps to close the gap.
 
     Greedy growth stalls when the gap left is smaller than any single step (a residual stream's
     channel touches many layers); a swap grows one Unit and shrinks others to make room, and is kept
-    when it brings the binding budget closer.
+    when it brings the binding budget closer. ``lo`` raises Units' lower limits (lo = width keeps a
+    Unit whole).
     """
     r = _Repair(graph, cost, targets, shrink_key, grow_key or (lambda w, c: -shrink_key(w, c)))
+    if lo is not None:
+        r.lo = np.maximum(r.lo, lo)
     w = r.grow(r.shrink(snap(graph, widths)))
     for _ in range(max_swaps):
         if r.over(w) or r.usage(w) >= 1 - SWAP_TOLERANCE:

@@ -1,8 +1,26 @@
 """ITPruner (Zheng et al.): layer importance from normalized HSIC, widths from one SLSQP solve.
 
-A Unit whose features are largely predictable from the other Units' (high summed nHSIC) is
-redundant, so it is less important: alpha_i = exp(-beta * s_i) with s normalized to sum 1. The
-widths maximize sum(alpha_i x_i) under the cost polynomial, from x = 1 (METHODS.md section 1).
+A layer whose features are largely predictable from the other layers' (high summed nHSIC) is
+redundant, so it is less important: alpha = exp(-beta * s) with s normalized to sum 1. The widths
+maximize sum(alpha * x) under the cost polynomial, by SLSQP from x = 1 (METHODS.md section 1).
+
+Two findings shape this file (bench/results/itpruner_streams.md):
+
+* The stated problem's optimum is bang-bang on our models. Every conv joins two different Units
+  (no x_i^2 term, unlike the paper's CIFAR search model where one width is conv2's input and
+  output), so maximizing a linear objective under the bilinear cost puts each Unit at full or at
+  minimum width. A residual stream, one Unit whose cost spans a whole stage, lands at its minimum:
+  that was the collapse of issue 4 (15% accuracy at 50% MACs).
+* The official script never reaches that optimum. alpha = exp(-beta * s) with the paper's beta is
+  ~1e-9 or less, far below SLSQP's default ftol, so SLSQP stops at its first feasible iterate: the
+  dense widths projected onto the budget, tilted by importance. That is how the released CIFAR
+  configurations arise (the ResNet-20 one comes out for any importances; see the tests).
+
+So ``solver="official"`` (default) keeps the official numerics, and ``streams="layers"`` (default)
+uses the paper's per-layer formulation: every tensor a Unit's consumers read is a layer (a residual
+stream has one per block output), and a Unit ties its layers to one width, so it counts once per
+layer in the objective and in SLSQP's steps (variables sqrt(n) x). A stream is then cut about as
+much as the layers beside it, as in the paper's near-uniform CIFAR results, instead of n times more.
 """
 from __future__ import annotations
 
@@ -13,8 +31,8 @@ import torch
 from scipy.optimize import minimize
 
 from ..budget import BudgetError
-from ..cost import CostModel
-from ..errors import ConfigError, DataError
+from ..cost import CostModel, Polynomial
+from ..errors import ConfigError, DataError, UnsupportedLayerError
 from ..graph import UnitGraph
 from ..signals import Signals, unit_features
 from . import register_allocator
@@ -22,8 +40,10 @@ from .fit import fit, limits, snap
 
 # the paper's temperatures, by the model the paper tuned them on
 PAPER_BETA = {"resnet20": 246.0, "resnet56": 500.0, "vgg16_bn": 231.0, "resnet50": 2000.0}
-BETA_PER_UNIT = 20.0  # default beta = 20 x number of Units: the paper's values are 18-54 per width group
-AUTO_GRID = (0.0, 5.0, 10.0, 20.0, 40.0)  # x number of Units
+BETA_PER_LAYER = 20.0  # default beta = 20 x number of layers: the paper's values are 18-54 per layer
+AUTO_GRID = (0.0, 5.0, 10.0, 20.0, 40.0)  # x number of layers
+STREAMS = ("layers", "unit", "keep")
+SOLVERS = ("official", "exact")
 
 
 def center(K: torch.Tensor) -> torch.Tensor:
@@ -58,16 +78,27 @@ def nhsic(X: torch.Tensor, Y: torch.Tensor, kernel: str = "linear") -> float:
     return float(nhsic_matrix([gram(X, kernel), gram(Y, kernel)])[0, 1])
 
 
-def importance(S: torch.Tensor, beta: float) -> np.ndarray:
+def redundancy(S: torch.Tensor) -> np.ndarray:
+    """Each layer's summed nHSIC with the others, normalized to sum 1 (s~ of METHODS.md 1.2)."""
     s = (S.sum(1) - S.diag()).numpy()
     total = s.sum()
-    s = s / total if total > 0 else np.full_like(s, 1.0 / len(s))
-    # exp(-beta * s) up to a constant factor, which changes no allocation but keeps the largest
-    # importance at 1 so SLSQP's tolerances stay meaningful when beta is large
+    return s / total if total > 0 else np.full_like(s, 1.0 / len(s))
+
+
+def importance(S: torch.Tensor, beta: float) -> np.ndarray:
+    """exp(-beta * s~) up to a constant factor that puts the largest at 1 (the exact solver's optimum
+    ignores it; the official solver puts the paper's scale back)."""
+    s = redundancy(S)
     return np.exp(-beta * (s - s.min()))
 
 
-def calibration_grams(graph: UnitGraph, signals: Signals, images: int, kernel: str) -> list[torch.Tensor]:
+def layer_grams(graph: UnitGraph, signals: Signals, images: int, kernel: str,
+                per_layer: bool) -> tuple[list[torch.Tensor], np.ndarray]:
+    """Gram matrices of one calibration batch's features, one per layer, and each layer's Unit.
+
+    With ``per_layer`` every distinct tensor a Unit's consumers read is a layer (a residual stream:
+    each block output); otherwise a Unit is one layer, read at its first consumer.
+    """
     signals.require("itpruner")
     xs, have = [], 0
     for x, _ in signals.batches():
@@ -78,48 +109,79 @@ def calibration_grams(graph: UnitGraph, signals: Signals, images: int, kernel: s
     batch = torch.cat(xs)
     if len(batch) < 2:
         raise ConfigError(f"itpruner needs a calibration batch of at least 2 images, got {len(batch)}")
-    grams: list[torch.Tensor | None] = [None] * len(graph.units)
+    grams: list[torch.Tensor] = []
+    owner: list[int] = []
 
     def consume(k: int, feats: torch.Tensor) -> None:
         if not torch.isfinite(feats).all():
             raise DataError(f"activations of unit {graph.units[k].name!r} contain NaN or inf; check the model and its inputs")
-        grams[k] = gram(feats, kernel)
+        grams.append(gram(feats, kernel))
+        owner.append(k)
 
-    unit_features(graph, [batch], consume)
-    return grams  # type: ignore[return-value]
+    unit_features(graph, [batch], consume, all_points=per_layer)
+    unread = sorted(set(range(len(graph.units))) - set(owner))
+    if unread:
+        name = graph.units[unread[0]].name
+        raise UnsupportedLayerError(f"itpruner saw no features of unit {name!r} (its consumers never ran); "
+                                    f"pass ignore=['{name}']")
+    return grams, np.array(owner, dtype=np.int64)
 
 
-def solve(graph: UnitGraph, cost: CostModel, targets: dict[str, float], alpha: np.ndarray) -> np.ndarray:
-    """SLSQP on kept fractions x: max alpha.x s.t. every cost polynomial <= its target."""
-    W = cost.dense_widths
-    _, lo, _ = limits(graph)
+def solve(polys: dict[str, Polynomial], targets: dict[str, float], weight: np.ndarray, W: np.ndarray,
+          lo: np.ndarray, layers: np.ndarray, official: bool = True) -> np.ndarray:
+    """SLSQP from x = 1 on kept fractions x: max weight.x s.t. every cost polynomial <= its target.
+
+    The variables are y = sqrt(layers) * x, so a Unit tied across n layers moves in SLSQP's steps
+    as n layers would in the per-layer problem. ``official``: the official script's numerics
+    (absolute constraint, default tolerances); otherwise a scaled constraint solved to convergence.
+    """
+    r = np.sqrt(layers)
     cons = []
     for key, t in targets.items():
-        p = getattr(cost, key)
-        cons.append({"type": "ineq", "fun": lambda x, p=p, t=t: (t - p(x * W)) / t,
-                     "jac": lambda x, p=p, t=t: -(p.grad(x * W) * W) / t})
-    res = minimize(lambda x: -alpha @ x, np.ones(len(W)), jac=lambda x: -alpha, method="SLSQP",
-                   bounds=list(zip(lo / W, np.ones(len(W)))), constraints=cons, options={"maxiter": 500, "ftol": 1e-10})
-    x = res.x
-    worst = max((getattr(cost, k)(x * W) - t) / t for k, t in targets.items())
+        p, scale = polys[key], (1.0 if official else t)
+        cons.append({"type": "ineq", "fun": lambda y, p=p, t=t, c=scale: (t - p(y / r * W)) / c,
+                     "jac": lambda y, p=p, c=scale: -(p.grad(y / r * W) * W / r) / c})
+    options = {} if official else {"maxiter": 500, "ftol": 1e-10}
+    res = minimize(lambda y: -(weight / r) @ y, r.copy(), jac=lambda y: -weight / r, method="SLSQP",
+                   bounds=list(zip(r * lo / W, r)), constraints=cons, options=options)
+    x = np.clip(res.x / r, lo / W, 1.0)
+    worst = max((polys[k](x * W) - t) / t for k, t in targets.items())
     if worst > 0.05:
         raise BudgetError(f"SLSQP could not reach the budget (still {100 * worst:.1f}% above it: {res.message}); "
                           "raise the budget or lower min_width")
     return x * W
 
 
-def widths_for(graph, cost, targets, alpha) -> np.ndarray:
-    steps, _, _ = limits(graph)
+def widths_for(graph: UnitGraph, cost: CostModel, targets: dict[str, float], S: torch.Tensor, owner: np.ndarray,
+               beta: float, streams: str = "layers", solver: str = "official") -> np.ndarray:
+    """Widths from the layers' nHSIC: SLSQP for the shape, then the shared budget repair."""
+    steps, lo, _ = limits(graph)
     W = cost.dense_widths
-    value = alpha * steps / W  # what one width step of each Unit is worth
+    layers = np.bincount(owner, minlength=len(W)).astype(np.float64)
+    weight = np.bincount(owner, weights=importance(S, beta), minlength=len(W))  # tied layers add up
+    if streams == "keep":
+        lo = np.where(layers > 1, W, lo)
+        _check_keep_feasible(cost, targets, lo)
+    # the official script uses alpha = exp(-beta * s~) unscaled: tiny for the paper's beta
+    scale = float(np.exp(-beta * redundancy(S).min())) if solver == "official" else 1.0
+    x = solve({k: getattr(cost, k) for k in targets}, targets, weight * scale, W, lo, layers, solver == "official")
+    value = weight * steps / W  # what one width step of each Unit is worth
 
     def key(w, c):
         return value / np.maximum(c, 1e-18)
 
-    return fit(graph, cost, targets, snap(graph, np.round(solve(graph, cost, targets, alpha))), key, key)
+    return fit(graph, cost, targets, np.maximum(snap(graph, np.round(x)), lo), key, key, lo=lo)
 
 
-def _auto_beta(graph, cost, targets, S, scores, signals, seed) -> tuple[float, dict]:
+def _check_keep_feasible(cost: CostModel, targets: dict[str, float], lo: np.ndarray) -> None:
+    for key, t in targets.items():
+        least = getattr(cost, key)(lo)
+        if least > t * (1 + 1e-12):
+            raise BudgetError(f"with streams='keep' the smallest model still has {least / t:.2f}x the "
+                              f"{'flops' if key == 'macs' else key} budget; raise the budget or use streams='layers'")
+
+
+def _auto_beta(graph, cost, targets, S, owner, scores, signals, seed, streams, solver) -> tuple[float, dict]:
     """Pick beta by held-out accuracy after BatchNorm re-estimation (no fine-tuning)."""
     from ..data import holdout_split
     from ..plan import Plan
@@ -130,8 +192,8 @@ def _auto_beta(graph, cost, targets, S, scores, signals, seed) -> tuple[float, d
     held = torch.utils.data.Subset(held, range(min(len(held), 2000)))
     results = {}
     for mult in AUTO_GRID:
-        beta = mult * len(graph.units)
-        w = widths_for(graph, cost, targets, importance(S, beta))
+        beta = mult * len(owner)
+        w = widths_for(graph, cost, targets, S, owner, beta, streams, solver)
         trial = copy.deepcopy(graph.model)
         trial_graph = UnitGraph(trial, graph.example_inputs, ignore=graph.ignored)
         Plan.from_widths(graph, w, scores, method="itpruner", budget="", input_shape=[]).apply(trial_graph)
@@ -141,15 +203,34 @@ def _auto_beta(graph, cost, targets, S, scores, signals, seed) -> tuple[float, d
     return best, {str(b): a for b, a in results.items()}
 
 
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
 @register_allocator("itpruner")
 def itpruner(graph: UnitGraph, cost: CostModel, targets: dict[str, float], scores, signals: Signals, seed: int = 0,
-             beta: float | str | None = None, kernel: str = "linear", images: int = 100) -> np.ndarray:
-    S = nhsic_matrix(calibration_grams(graph, signals, int(images), kernel))
+             beta: float | str | None = None, kernel: str = "linear", images: int = 100, streams: str = "layers",
+             solver: str = "official") -> np.ndarray:
+    """ITPruner widths.
+
+    streams: "layers" (one layer per tensor a Unit's consumers read, tied to the Unit's width),
+    "unit" (one layer per Unit: the official ResNet-50 code's one entry per stage stream, cut several
+    times harder than the layers beside it), or "keep" (as "layers", but Units read at several
+    tensors, i.e. residual streams, keep their full width and the budget goes to the rest).
+    solver: "official" (the official script's numerics: a projection of the dense model onto the
+    budget, tilted by importance) or "exact" (the stated problem solved to convergence: bang-bang).
+    beta: a number, a model name from PAPER_BETA, or "auto"; default 20 x number of layers.
+    """
+    streams, solver = _choice("streams", streams, STREAMS), _choice("solver", solver, SOLVERS)
+    grams, owner = layer_grams(graph, signals, int(images), kernel, per_layer=streams != "unit")
+    S = nhsic_matrix(grams)
     if beta is None:
-        beta = BETA_PER_UNIT * len(graph.units)
+        beta = BETA_PER_LAYER * len(owner)
     beta = PAPER_BETA.get(beta, beta)  # e.g. beta="resnet56" uses the paper's 500
     if beta == "auto":
-        beta, tried = _auto_beta(graph, cost, targets, S, scores, signals, seed)
+        beta, tried = _auto_beta(graph, cost, targets, S, owner, scores, signals, seed, streams, solver)
         signals.record["beta_grid_accuracy"] = tried
     try:
         beta = float(beta)
@@ -157,7 +238,9 @@ def itpruner(graph: UnitGraph, cost: CostModel, targets: dict[str, float], score
         raise ConfigError(f"beta must be a number >= 0, 'auto' or one of {sorted(PAPER_BETA)}, got {beta!r}") from None
     if beta < 0 or not np.isfinite(beta):
         raise ConfigError(f"beta must be a number >= 0, 'auto' or one of {sorted(PAPER_BETA)}, got {beta}")
-    alpha = importance(S, beta)
-    signals.record["beta"] = beta
-    signals.record["importance"] = {u.name: float(a) for u, a in zip(graph.units, alpha)}
-    return widths_for(graph, cost, targets, alpha)
+    layers = np.bincount(owner, minlength=len(graph.units))
+    mean = np.bincount(owner, weights=importance(S, beta), minlength=len(graph.units)) / layers
+    signals.record.update(beta=beta, streams=streams, solver=solver,
+                          importance={u.name: float(a) for u, a in zip(graph.units, mean)},
+                          layers={u.name: int(n) for u, n in zip(graph.units, layers)})
+    return widths_for(graph, cost, targets, S, owner, beta, streams, solver)

@@ -23,7 +23,7 @@ def reduce_slices(
     out = torch.zeros(unit.width, dtype=torch.float64)
     for s in slices:
         p = graph.parameter(s.param).detach()
-        v = per_entry(s.param, p).double()
+        v = per_entry(s.param, p).double().cpu()  # scores live on the CPU whatever the model's device
         dims = [d for d in range(v.dim()) if d != s.dim]
         v = v.sum(dim=dims) if dims else v
         per_channel = torch.zeros(unit.width, dtype=torch.float64).index_add_(0, s.channel, v[s.index])

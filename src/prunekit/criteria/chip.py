@@ -7,13 +7,28 @@ row-deleted norms are one batched eigvalsh instead of C + 1 SVDs of C x HW matri
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
+from ..errors import ConfigError
 from ..graph import UnitGraph
 from ..signals import Signals, unit_features
 from . import register_criterion
 
 CHUNK_BYTES = 256 * 2**20  # memory for one batch of row-deleted Gram matrices
+
+
+def eigvalsh(G: torch.Tensor) -> torch.Tensor:
+    """Batched eigvalsh. On a CPU the batch is split over torch's threads: ATen loops over a batch
+    of small matrices one LAPACK call at a time, on one core (the GIL is released inside)."""
+    threads = torch.get_num_threads() if G.device.type == "cpu" else 1
+    batch = G.reshape(-1, *G.shape[-2:])
+    if threads < 2 or len(batch) < 2 * threads:
+        return torch.linalg.eigvalsh(G)
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(torch.linalg.eigvalsh, torch.tensor_split(batch, threads)))
+    return torch.cat(parts).view(G.shape[:-1])
 
 
 def nuclear_from_gram(G: torch.Tensor) -> torch.Tensor:
@@ -22,7 +37,7 @@ def nuclear_from_gram(G: torch.Tensor) -> torch.Tensor:
     Eigenvalues below the numerical-rank cutoff (size x eps x largest, as in matrix_rank) are
     rounding noise of exact zeros; their square roots would add ~1e-8 of error, so they count 0.
     """
-    lam = torch.linalg.eigvalsh(G)
+    lam = eigvalsh(G)
     cutoff = lam[..., -1:].clamp_min(0) * G.shape[-1] * torch.finfo(G.dtype).eps
     return torch.where(lam > cutoff, lam, torch.zeros_like(lam)).sqrt().sum(-1)
 
@@ -59,7 +74,7 @@ def channel_independence_svd(A: torch.Tensor) -> torch.Tensor:
     """The definition, one SVD per deleted row: the reference the fast form is tested against."""
     A = A.double()
     full = torch.linalg.svdvals(A).sum(-1)
-    out = torch.empty(A.shape[:2], dtype=A.dtype)
+    out = torch.empty(A.shape[:2], dtype=A.dtype, device=A.device)
     for i in range(A.shape[1]):
         Ai = A.clone()
         Ai[:, i] = 0
@@ -67,18 +82,47 @@ def channel_independence_svd(A: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def as_flag(value, name: str) -> bool:
+    """An on/off option from the API (True, 1) or the CLI (``--option faithful=1``, ``=true``)."""
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or text in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        return text in ("1", "true", "yes", "on")
+    raise ConfigError(f"option {name}={value!r} is not on/off; write {name}=1 or {name}=0")
+
+
 @register_criterion("chip")
-def chip(graph: UnitGraph, signals: Signals, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Mean CI over the calibration images. A residual stream is read after every block that
-    writes it; its one ranking sums CI over all those reading points (the paper ranks each conv
-    on its own, which a physically shared stream cannot do)."""
+def chip(graph: UnitGraph, signals: Signals, seed: int = 0,
+         faithful: bool | int | str = False) -> dict[str, torch.Tensor]:
+    """Mean CI over the calibration images, read where the Unit's consumers read it.
+
+    A residual stream is read after every block that writes it, and must keep one channel set for
+    all of them. By default its ranking sums CI over all those reading points, so every block's
+    output has a say. The official code instead ranks each block's conv2 by its own output (and
+    adds the identity by position, mixing channel identities); ``faithful`` reproduces the one of
+    those per-layer rankings that fixes the stream where it starts: the CI of the first tensor the
+    stream's consumers read, i.e. the stem's output for stage 1 and the first block's output
+    (after the add and ReLU) for later stages, as the official ResNet-50 code ranks a stage's
+    downsample conv and first conv3 together by that block's output. Units with one producer (a
+    block's inner conv, every VGG conv) have one reading point, so both modes agree there.
+    """
+    faithful = as_flag(faithful, "faithful")
     signals.require("chip")
+    signals.record["chip_stream_ranking"] = "first block output (faithful)" if faithful else "sum over block outputs"
     totals = [torch.zeros(u.width, dtype=torch.float64) for u in graph.units]
     counts = [0] * len(graph.units)
+    points: dict[int, int] = {}  # reading points of each Unit seen in this batch, in execution order
 
     def consume(k: int, feats: torch.Tensor) -> None:
+        points[k] = points.get(k, 0) + 1
+        if faithful and points[k] > 1:
+            return
         totals[k] += channel_independence(feats).sum(0).cpu()
         counts[k] += feats.shape[0]
 
-    unit_features(graph, (x for x, _ in signals.batches("CHIP channel independence")), consume, all_points=True)
+    def images():
+        for x, _ in signals.batches("CHIP channel independence"):
+            points.clear()  # runs when the previous batch's forward pass is done
+            yield x
+
+    unit_features(graph, images(), consume, all_points=True)
     return {u.name: t / max(1, n) for u, t, n in zip(graph.units, totals, counts)}
