@@ -1,6 +1,7 @@
-"""CPU measurements that need no GPU: planning speed and accuracy right after pruning (BatchNorm
-re-estimated, no fine-tuning) for every method and allocator setting on the shipped Fashion-MNIST
-ResNet-20. CHIP's speed has its own script, bench/chip_speed.py.
+"""CPU measurements that need no GPU: planning speed, and accuracy right after pruning.
+
+Accuracy is measured with BatchNorm re-estimated and no fine-tuning, for every method and allocator
+setting on the shipped Fashion-MNIST ResNet-20. CHIP's speed has its own script, bench/chip_speed.py.
 
     python bench/cpu_quick.py --out bench/results/cpu_quick   # ~5 minutes on 2 cores
 """
