@@ -8,8 +8,6 @@ setting on the shipped Fashion-MNIST ResNet-20. CHIP's speed has its own script,
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import subprocess
 import sys
 import time
@@ -20,10 +18,10 @@ import torch
 import prunekit
 from prunekit.data import load_dataset
 from prunekit.models import create_model
-from prunekit.train import evaluate, recalibrate_bn
+from prunekit.train import evaluate
 
-CKPT = Path(__file__).resolve().parents[1] / "checkpoints/fmnist-resnet20/model.safetensors"
-X = torch.zeros(1, 1, 28, 28)
+from common import X, after_pruning, machine, shipped_resnet20, write
+
 
 
 def timed(fn):
@@ -52,23 +50,13 @@ def resnet56_planning(train) -> dict:
 
 
 def accuracy_after_pruning(train, test) -> list[dict]:
-    dense = create_model("resnet20", in_channels=1)
-    prunekit.io.load_weights(dense, CKPT)
-    dense.eval()
+    dense = shipped_resnet20()
     rows = [{"method": "dense", "flops": 1.0, "accuracy": evaluate(dense, test)}]
     settings = [("l1", {}), ("l1+global", {"cost_power": 0.0}), ("l1+global", {"cost_power": 0.5}),
                 ("l1+global", {"cost_power": 1.0}), ("next_layer+global", {}), ("bn_scale", {}), ("taylor", {}),
                 ("itpruner", {}), ("itpruner", {"beta": "resnet20"}), ("chip", {}), ("random", {})]
-    for budget in (0.5, 0.2):
-        for method, options in settings:
-            r = prunekit.compress(dense, X, {"flops": budget}, method=method, data=train, options=options)
-            recalibrate_bn(r.model, train, batches=20)
-            rows.append({"method": method, "options": options, "flops": budget,
-                         "macs": r.summary["macs"]["pruned"], "params": r.summary["params"]["pruned"],
-                         "accuracy": evaluate(r.model, test),
-                         "widths": [u["kept"] for u in r.summary["units"]]})
-            print(rows[-1]["method"], options, budget, f"{rows[-1]['accuracy']:.2f}", flush=True)
-    return rows
+    return rows + [after_pruning(dense, train, test, budget, method, options)
+                   for budget in (0.5, 0.2) for method, options in settings]
 
 
 def markdown(res: dict) -> str:
@@ -83,7 +71,7 @@ def markdown(res: dict) -> str:
               "|---|---|---|---|---|"]
     for r in res["accuracy_after_pruning"]:
         lines.append(f"| {r['method']} | {r.get('options', '')} | {r['flops']} | {r['accuracy']:.2f} | "
-                     f"{r.get('widths', '')} |")
+                     f"{list(r['widths'].values()) if 'widths' in r else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -95,15 +83,12 @@ def main() -> None:
     train, test = load_dataset("fmnist", split="train"), load_dataset("fmnist", split="test")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    res = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                      f"torch {torch.__version__}",
+    res = {"machine": machine(),
            "command": "python bench/cpu_quick.py --out " + args.out}
     res["cli_compress_seconds"] = cli_compress_seconds(out.parent)
     res["resnet56_planning"] = resnet56_planning(train)
     res["accuracy_after_pruning"] = accuracy_after_pruning(train, test)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
+    write(out, res, markdown)
 
 
 if __name__ == "__main__":

@@ -8,20 +8,14 @@ bench/cpu_quick.py's accuracy_after_pruning.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import time
-from pathlib import Path
 
 import torch
 
-import prunekit
 from prunekit.data import load_dataset
-from prunekit.models import create_model
-from prunekit.train import evaluate, recalibrate_bn
+from prunekit.train import evaluate
 
-CKPT = Path(__file__).resolve().parents[1] / "checkpoints/fmnist-resnet20/model.safetensors"
-X = torch.zeros(1, 1, 28, 28)
+from common import after_pruning, machine, shipped_resnet20, write
+
 SETTINGS = [
     ("l1", {}, "uniform widths"),
     ("l1+global", {"cost_power": 0.0}, "global L1 threshold"),
@@ -32,26 +26,6 @@ SETTINGS = [
     ("itpruner", {"streams": "keep"}, "official numerics, streams kept whole"),
     ("itpruner", {"streams": "keep", "beta": "resnet20"}, "streams kept whole, paper's beta"),
 ]
-
-
-def dense_model() -> torch.nn.Module:
-    model = create_model("resnet20", in_channels=1)
-    prunekit.io.load_weights(model, CKPT)
-    return model.eval()
-
-
-def measure(dense, train, test, budget: float, method: str, options: dict) -> dict:
-    t0 = time.perf_counter()
-    r = prunekit.compress(dense, X, {"flops": budget}, method=method, data=train, options=options)
-    recalibrate_bn(r.model, train, batches=20)
-    s = r.summary
-    row = {"method": method, "options": options, "flops": budget, "accuracy": evaluate(r.model, test),
-           "macs": s["macs"]["pruned"] / s["macs"]["dense"], "params": s["params"]["pruned"],
-           "widths": {u["name"]: u["kept"] for u in s["units"]},
-           "allocation_seconds": round(s["seconds"]["allocation"], 2), "wall_seconds": round(time.perf_counter() - t0, 1)}
-    if "beta" in s["signals"]:
-        row["beta"] = s["signals"]["beta"]
-    return row
 
 
 STREAMS = ("conv1", "layer2.0.shortcut.0", "layer3.0.shortcut.0")
@@ -88,21 +62,15 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(2)
     train, test = load_dataset("fmnist", split="train"), load_dataset("fmnist", split="test")
-    dense = dense_model()
-    res = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                      f"torch {torch.__version__}",
+    dense = shipped_resnet20()
+    res = {"machine": machine(),
            "command": f"python bench/itpruner_streams.py --out {args.out} --budgets {args.budgets}",
            "dense_accuracy": evaluate(dense, test), "rows": []}
     for budget in (float(b) for b in args.budgets.split(",")):
         for method, options, what in SETTINGS:
-            row = measure(dense, train, test, budget, method, options)
+            row = after_pruning(dense, train, test, budget, method, options)
             res["rows"].append({**row, "what": what})
-            print(f"{budget} {method} {options}: {row['accuracy']:.2f}%", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
+    write(args.out, res, markdown)
 
 
 if __name__ == "__main__":

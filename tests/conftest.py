@@ -16,3 +16,31 @@ FMNIST_DIR = os.environ.get("PRUNEKIT_DATA", "/usr/share/datasets/fashion-mnist"
 needs_fmnist = pytest.mark.skipif(not os.path.exists(os.path.join(FMNIST_DIR, "train-images-idx3-ubyte.gz"))
                                   and not os.path.exists(os.path.join(FMNIST_DIR, "fashion-mnist", "train-images-idx3-ubyte.gz")),
                                   reason="Fashion-MNIST files missing: apt-get install -y dataset-fashion-mnist")
+
+
+def _seeded(name: str):
+    from prunekit.models import create_model
+    torch.manual_seed(0)
+    return create_model(name, in_channels=1).eval()
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    """Seeded 1-channel built-ins, one per test module (compress copies them, so tests may share)."""
+    return _seeded("resnet20")
+
+
+@pytest.fixture(scope="module")
+def resnet56():
+    return _seeded("resnet56")
+
+
+@pytest.fixture(scope="module")
+def mobilenetv2():
+    return _seeded("mobilenetv2")
+
+
+@pytest.fixture(scope="module")
+def synthetic_train():
+    from prunekit.data import load_dataset
+    return load_dataset("synthetic", split="train")

@@ -1,5 +1,4 @@
 """ITPruner: nHSIC identities, importance, budgets, speed and bad calibration data."""
-import time
 
 import numpy as np
 import pytest
@@ -11,27 +10,9 @@ from torch.utils.data import TensorDataset
 from prunekit import BudgetError, ConfigError, DataError, compress
 from prunekit.allocation import itpruner as itp
 from prunekit.cost import Polynomial
-from prunekit.data import load_dataset
 from prunekit.models import create_model
 
 X28 = torch.randn(1, 1, 28, 28)
-
-
-@pytest.fixture(scope="module")
-def resnet56():
-    torch.manual_seed(0)
-    return create_model("resnet56", in_channels=1).eval()
-
-
-@pytest.fixture(scope="module")
-def resnet20():
-    torch.manual_seed(0)
-    return create_model("resnet20", in_channels=1).eval()
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset("synthetic", split="train")
 
 
 def _features(seed, n=12, d=20):
@@ -66,47 +47,47 @@ def test_importance_orders_by_redundancy():
     assert np.array_equal(itp.importance(S, 0.0), np.ones(3))
 
 
-def test_beta_zero_is_driven_by_cost_alone(resnet56, data):
+def test_beta_zero_is_driven_by_cost_alone(resnet56, synthetic_train):
     """With beta = 0 every unit is equally important: the features (here: other images) change nothing."""
     other = TensorDataset(torch.randn(256, 1, 28, 28), torch.zeros(256, dtype=torch.long))
-    a = compress(resnet56, X28, 0.5, method="itpruner", data=data, options={"beta": 0})
+    a = compress(resnet56, X28, 0.5, method="itpruner", data=synthetic_train, options={"beta": 0})
     b = compress(resnet56, X28, 0.5, method="itpruner", data=other, options={"beta": 0})
     assert a.plan.widths == b.plan.widths
     assert set(a.summary["signals"]["importance"].values()) == {1.0}
 
 
 @pytest.mark.parametrize("kind", ["flops", "params"])
-def test_budgets_met_within_one_percent(resnet56, data, kind):
+def test_budgets_met_within_one_percent(resnet56, synthetic_train, kind):
     key = "macs" if kind == "flops" else "params"
     for frac in np.arange(0.1, 0.95, 0.1):
-        s = compress(resnet56, X28, {kind: float(frac)}, method="itpruner", data=data).summary
+        s = compress(resnet56, X28, {kind: float(frac)}, method="itpruner", data=synthetic_train).summary
         achieved = s[key]["pruned"] / s[key]["dense"]
         assert frac * 0.99 <= achieved <= frac + 1e-9, (frac, achieved)
 
 
-def test_importance_and_beta_are_in_the_summary(resnet56, data):
-    s = compress(resnet56, X28, 0.5, method="itpruner", data=data, options={"beta": "resnet56"}).summary
+def test_importance_and_beta_are_in_the_summary(resnet56, synthetic_train):
+    s = compress(resnet56, X28, 0.5, method="itpruner", data=synthetic_train, options={"beta": "resnet56"}).summary
     assert s["signals"]["beta"] == 500.0
     assert len(s["signals"]["importance"]) == len(s["units"])
 
 
-def test_allocation_for_resnet56_takes_under_two_seconds(resnet56, data):
-    compress(resnet56, X28, 0.5, method="itpruner", data=data)  # warm-up (first-call overheads)
-    s = compress(resnet56, X28, 0.5, method="itpruner", data=data).summary
+def test_allocation_for_resnet56_takes_under_two_seconds(resnet56, synthetic_train):
+    compress(resnet56, X28, 0.5, method="itpruner", data=synthetic_train)  # warm-up (first-call overheads)
+    s = compress(resnet56, X28, 0.5, method="itpruner", data=synthetic_train).summary
     assert s["seconds"]["allocation"] < 2.0
 
 
-def test_auto_beta_picks_from_the_grid(data):
+def test_auto_beta_picks_from_the_grid(synthetic_train):
     torch.manual_seed(0)
     model = create_model("resnet20", in_channels=1).eval()
-    s = compress(model, X28, 0.5, method="itpruner", data=data, options={"beta": "auto"}).summary
+    s = compress(model, X28, 0.5, method="itpruner", data=synthetic_train, options={"beta": "auto"}).summary
     tried = s["signals"]["beta_grid_accuracy"]
     assert len(tried) == len(itp.AUTO_GRID) and str(s["signals"]["beta"]) in tried
 
 
-def test_any_criterion_combines_with_itpruner(resnet56, data):
-    a = compress(resnet56, X28, 0.5, method="itpruner", data=data)
-    b = compress(resnet56, X28, 0.5, method="random+itpruner", data=data)
+def test_any_criterion_combines_with_itpruner(resnet56, synthetic_train):
+    a = compress(resnet56, X28, 0.5, method="itpruner", data=synthetic_train)
+    b = compress(resnet56, X28, 0.5, method="random+itpruner", data=synthetic_train)
     assert a.plan.widths == b.plan.widths and a.plan.keep != b.plan.keep
 
 
@@ -122,13 +103,13 @@ def test_nan_activations_are_refused(resnet56):
         compress(resnet56, X28, 0.5, method="itpruner", data=bad)
 
 
-def test_unreachable_budget_is_refused(resnet56, data, monkeypatch):
+def test_unreachable_budget_is_refused(resnet56, synthetic_train, monkeypatch):
     class Stuck:  # what SLSQP returns when it fails: still at the start, x = 1
         def __init__(self, x0):
             self.x, self.message = np.array(x0), "Iteration limit reached"
     monkeypatch.setattr(itp, "minimize", lambda f, x0, **kw: Stuck(x0))
     with pytest.raises(BudgetError, match="SLSQP could not reach the budget"):
-        compress(resnet56, X28, 0.5, method="itpruner", data=data)
+        compress(resnet56, X28, 0.5, method="itpruner", data=synthetic_train)
 
 
 def official_resnet20_cost() -> tuple[Polynomial, np.ndarray]:
@@ -205,53 +186,53 @@ def _fractions(summary) -> dict[str, float]:
 STREAM_UNITS = {"conv1": 4, "layer2.0.shortcut.0": 3, "layer3.0.shortcut.0": 3}  # ResNet-20: block outputs read
 
 
-def test_residual_streams_are_one_layer_per_block_output(resnet20, data):
-    layers = compress(resnet20, X28, 0.5, method="itpruner", data=data).summary["signals"]["layers"]
+def test_residual_streams_are_one_layer_per_block_output(resnet20, synthetic_train):
+    layers = compress(resnet20, X28, 0.5, method="itpruner", data=synthetic_train).summary["signals"]["layers"]
     assert {n: k for n, k in layers.items() if k > 1} == STREAM_UNITS
-    unit = compress(resnet20, X28, 0.5, method="itpruner", data=data, options={"streams": "unit"}).summary
+    unit = compress(resnet20, X28, 0.5, method="itpruner", data=synthetic_train, options={"streams": "unit"}).summary
     assert set(unit["signals"]["layers"].values()) == {1}
 
 
 @pytest.mark.parametrize("budget", [0.5, 0.2])
-def test_streams_are_cut_like_the_layers_beside_them(resnet20, data, budget):
+def test_streams_are_cut_like_the_layers_beside_them(resnet20, synthetic_train, budget):
     """Issue 4: one stream Unit used to drop to its minimum; tied per layer it keeps a share like its stage's."""
-    frac = _fractions(compress(resnet20, X28, budget, method="itpruner", data=data).summary)
+    frac = _fractions(compress(resnet20, X28, budget, method="itpruner", data=synthetic_train).summary)
     for stream, stage in [("conv1", "layer1"), ("layer2.0.shortcut.0", "layer2"), ("layer3.0.shortcut.0", "layer3")]:
         inner = np.mean([f for n, f in frac.items() if n.startswith(stage) and n.endswith("conv1")])
         assert 0.6 * inner <= frac[stream] <= 1.6 * inner, (stream, frac[stream], inner)
 
 
-def test_exact_solver_collapses_a_stream(resnet20, data):
+def test_exact_solver_collapses_a_stream(resnet20, synthetic_train):
     """The stated optimum (old behaviour, kept as solver='exact') puts a stream at its minimum width."""
-    s = compress(resnet20, X28, 0.5, method="itpruner", data=data,
+    s = compress(resnet20, X28, 0.5, method="itpruner", data=synthetic_train,
                  options={"solver": "exact", "streams": "unit", "beta": 0}).summary
     assert min(u["kept"] for u in s["units"] if u["name"] in STREAM_UNITS) <= 2
 
 
 @pytest.mark.parametrize("budget", [0.3, 0.6])
-def test_keep_leaves_streams_whole_and_meets_the_budget(resnet20, data, budget):
-    s = compress(resnet20, X28, budget, method="itpruner", data=data, options={"streams": "keep"}).summary
+def test_keep_leaves_streams_whole_and_meets_the_budget(resnet20, synthetic_train, budget):
+    s = compress(resnet20, X28, budget, method="itpruner", data=synthetic_train, options={"streams": "keep"}).summary
     assert all(u["kept"] == u["width"] for u in s["units"] if u["name"] in STREAM_UNITS)
     assert budget * 0.99 <= s["macs"]["pruned"] / s["macs"]["dense"] <= budget + 1e-9
 
 
-def test_keep_refuses_a_budget_only_stream_pruning_reaches(resnet20, data):
+def test_keep_refuses_a_budget_only_stream_pruning_reaches(resnet20, synthetic_train):
     with pytest.raises(BudgetError, match="streams='keep'"):
-        compress(resnet20, X28, 0.06, method="itpruner", data=data, options={"streams": "keep"})
+        compress(resnet20, X28, 0.06, method="itpruner", data=synthetic_train, options={"streams": "keep"})
 
 
 @pytest.mark.parametrize("option,value", [("streams", "drop"), ("solver", "newton")])
-def test_bad_choices(resnet20, data, option, value):
+def test_bad_choices(resnet20, synthetic_train, option, value):
     with pytest.raises(ConfigError, match=f"{option} must be one of"):
-        compress(resnet20, X28, 0.5, method="itpruner", data=data, options={option: value})
+        compress(resnet20, X28, 0.5, method="itpruner", data=synthetic_train, options={option: value})
 
 
 @pytest.mark.parametrize("beta,needle", [(-1, "beta must be"), ("hot", "beta must be")])
-def test_bad_beta(resnet56, data, beta, needle):
+def test_bad_beta(resnet56, synthetic_train, beta, needle):
     with pytest.raises(ConfigError, match=needle):
-        compress(resnet56, X28, 0.5, method="itpruner", data=data, options={"beta": beta})
+        compress(resnet56, X28, 0.5, method="itpruner", data=synthetic_train, options={"beta": beta})
 
 
-def test_unknown_kernel(resnet56, data):
+def test_unknown_kernel(resnet56, synthetic_train):
     with pytest.raises(ConfigError, match="unknown kernel"):
-        compress(resnet56, X28, 0.5, method="itpruner", data=data, options={"kernel": "cubic"})
+        compress(resnet56, X28, 0.5, method="itpruner", data=synthetic_train, options={"kernel": "cubic"})

@@ -5,23 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-import prunekit
 from prunekit import BudgetError, ConfigError, compress
 from prunekit.models import create_model
 
 X28 = torch.randn(1, 1, 28, 28)
-
-
-@pytest.fixture(scope="module")
-def resnet56():
-    torch.manual_seed(0)
-    return create_model("resnet56", in_channels=1).eval()
-
-
-@pytest.fixture(scope="module")
-def mobilenetv2():
-    torch.manual_seed(0)
-    return create_model("mobilenetv2", in_channels=1).eval()
 
 
 @pytest.mark.parametrize("model_name", ["resnet56", "mobilenetv2"])

@@ -20,17 +20,6 @@ KEYS = {"budget", "macs", "macs_dense", "params", "params_dense", "accuracy_prun
         "seconds_to_plan"}
 
 
-@pytest.fixture(scope="module")
-def resnet20():
-    torch.manual_seed(0)
-    return create_model("resnet20", in_channels=1).eval()
-
-
-@pytest.fixture(scope="module")
-def train():
-    return load_dataset("synthetic", split="train")
-
-
 @pytest.fixture
 def counted(monkeypatch):
     """Counts of calibration-set constructions and criterion calls during the test."""
@@ -54,18 +43,18 @@ def counted(monkeypatch):
     return calls
 
 
-def test_calibration_and_scores_are_computed_once(resnet20, train, counted):
-    result = prunekit.sweep(resnet20, X, [0.7, 0.5, 0.3], method="taylor", data=train)
+def test_calibration_and_scores_are_computed_once(resnet20, synthetic_train, counted):
+    result = prunekit.sweep(resnet20, X, [0.7, 0.5, 0.3], method="taylor", data=synthetic_train)
     assert counted == {"signals": 1, "criterion": 1}
     assert [p.budget for p in result.points] == ["0.7", "0.5", "0.3"]
 
 
 @pytest.mark.parametrize("method", ["l1+global", "taylor", "random"])
-def test_each_point_is_the_plan_of_a_separate_compress(resnet20, train, method):
+def test_each_point_is_the_plan_of_a_separate_compress(resnet20, synthetic_train, method):
     budgets = [0.6, 0.25]
-    result = prunekit.sweep(resnet20, X, budgets, method=method, data=train, seed=3)
+    result = prunekit.sweep(resnet20, X, budgets, method=method, data=synthetic_train, seed=3)
     for budget, point in zip(budgets, result.points):
-        alone = compress(resnet20, X, budget, method=method, data=train, seed=3)
+        alone = compress(resnet20, X, budget, method=method, data=synthetic_train, seed=3)
         assert point.result.plan.keep == alone.plan.keep
         assert point.result.plan.widths == alone.plan.widths
         assert point.result.summary["macs"] == alone.summary["macs"]
@@ -91,15 +80,15 @@ def test_budgets_are_met_and_the_input_model_is_untouched(resnet20):
     ([0.5, 0], BudgetError, "must be > 0"),
     ([], ConfigError, "list of budgets"),
 ])
-def test_bad_budgets_are_refused_before_any_work(resnet20, train, counted, budgets, error, needle):
+def test_bad_budgets_are_refused_before_any_work(resnet20, synthetic_train, counted, budgets, error, needle):
     with pytest.raises(error, match=needle):
-        prunekit.sweep(resnet20, X, budgets, method="taylor", data=train)
+        prunekit.sweep(resnet20, X, budgets, method="taylor", data=synthetic_train)
     assert counted == {"signals": 0, "criterion": 0}
 
 
-def test_an_infeasible_budget_is_refused_before_calibration(resnet20, train, counted):
+def test_an_infeasible_budget_is_refused_before_calibration(resnet20, synthetic_train, counted):
     with pytest.raises(BudgetError, match="below the smallest"):
-        prunekit.sweep(resnet20, X, [0.5, 0.001], method="taylor", data=train)
+        prunekit.sweep(resnet20, X, [0.5, 0.001], method="taylor", data=synthetic_train)
     assert counted == {"signals": 0, "criterion": 0}
 
 

@@ -28,6 +28,24 @@ def _model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
 
 
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    """What compress and sweep share: how the plan is made and how it is evaluated."""
+    p.add_argument("--method", default="l1", help="a method (prunekit methods) or criterion+allocator")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ignore", help="comma-separated layer names never to prune")
+    p.add_argument("--min-width", type=float, default=0.05, help="smallest kept fraction of any unit")
+    p.add_argument("--round-to", type=int, default=1, help="keep widths multiples of this")
+    p.add_argument("--calibration-batches", type=int, default=5, help="batches of 128 training images")
+    p.add_argument("--option", action="append", help="method option name=value, e.g. beta=500 (repeatable)")
+    p.add_argument("--bn-batches", type=int, default=20, help="batches to re-estimate BatchNorm before evaluating")
+    p.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
+
+
+def _finetune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--finetune-lr", type=float, default=0.05, help="peak learning rate of the fine-tuning")
+    p.add_argument("--max-steps", type=int, help="stop each fine-tuning epoch after this many steps (quick runs)")
+
+
 def _shape(args) -> tuple[int, int, int]:
     info = {}
     if getattr(args, "dataset", None):
@@ -358,22 +376,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--budget", help="flops=0.5, params=200K, or both comma-separated (with --ratios: optional ceiling)")
     c.add_argument("--ratios", help="fixed per-layer ratios in the CHIP paper's format, e.g. '[0.]+[0.15]*2+[0.4]*27' "
                                     "(resnet20/56/110, vgg16_bn); uses the --method's criterion")
-    c.add_argument("--method", default="l1", help="a method (prunekit methods) or criterion+allocator")
     c.add_argument("--out", required=True, help="output directory")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--ignore", help="comma-separated layer names never to prune")
-    c.add_argument("--min-width", type=float, default=0.05, help="smallest kept fraction of any unit")
-    c.add_argument("--round-to", type=int, default=1, help="keep widths multiples of this")
-    c.add_argument("--calibration-batches", type=int, default=5, help="batches of 128 training images")
-    c.add_argument("--option", action="append", help="method option name=value, e.g. beta=500 (repeatable)")
-    c.add_argument("--bn-batches", type=int, default=20, help="batches to re-estimate BatchNorm before evaluating")
-    c.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
+    _plan_args(c)
     c.add_argument("--no-eval", action="store_true", help="skip the accuracy before/after")
     c.add_argument("--export", help="also export: onnx, torchscript (comma-separated)")
     c.add_argument("--report", action="store_true", help="also write a self-contained HTML report to --out/report.html")
     c.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune with distillation from the dense model")
-    c.add_argument("--finetune-lr", type=float, default=0.05, help="peak learning rate of the fine-tuning")
-    c.add_argument("--max-steps", type=int, help="stop each fine-tuning epoch after this many steps (quick runs)")
+    _finetune_args(c)
     c.add_argument("--resume", action="store_true", help="continue the fine-tuning checkpointed in --out")
     c.add_argument("--device", help="fine-tuning device, e.g. cpu or cuda (default: cuda when available)")
     c.set_defaults(func=cmd_compress)
@@ -381,20 +390,11 @@ def parser() -> argparse.ArgumentParser:
     w = sub.add_parser("sweep", help="prune to several MACs budgets in one run (shared calibration)")
     _model_args(w)
     w.add_argument("--budgets", required=True, help="comma-separated MACs budgets: fractions (0.7,0.5) or counts (20M)")
-    w.add_argument("--method", default="l1", help="a method (prunekit methods) or criterion+allocator")
     w.add_argument("--out", required=True, help="output directory: sweep.json, a plot, one directory per budget")
-    w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--ignore", help="comma-separated layer names never to prune")
-    w.add_argument("--min-width", type=float, default=0.05, help="smallest kept fraction of any unit")
-    w.add_argument("--round-to", type=int, default=1, help="keep widths multiples of this")
-    w.add_argument("--calibration-batches", type=int, default=5, help="batches of 128 training images")
-    w.add_argument("--option", action="append", help="method option name=value, e.g. beta=500 (repeatable)")
-    w.add_argument("--bn-batches", type=int, default=20, help="batches to re-estimate BatchNorm before evaluating")
-    w.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
+    _plan_args(w)
     w.add_argument("--no-eval", action="store_true", help="skip the accuracy of each point")
     w.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune each point with distillation")
-    w.add_argument("--finetune-lr", type=float, default=0.05, help="peak learning rate of the fine-tuning")
-    w.add_argument("--max-steps", type=int, help="stop each fine-tuning epoch after this many steps (quick runs)")
+    _finetune_args(w)
     w.add_argument("--device", help="evaluation and fine-tuning device, e.g. cpu or cuda (planning runs on the CPU)")
     w.set_defaults(func=cmd_sweep)
 
