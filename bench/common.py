@@ -1,6 +1,7 @@
 """What the CPU bench scripts share: the shipped model, the machine line, one pruning measurement, output."""
 from __future__ import annotations
 
+import inspect
 import json
 import platform
 import time
@@ -26,11 +27,28 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
+def compress_reestimated(dense, x, budget, method: str, data, seed: int = 0, bn_batches: int = 20,
+                         options: dict | None = None):
+    """``prunekit.compress`` with BatchNorm re-estimated on ``bn_batches`` x 128 training images (seeded
+    by ``seed``, as ``recalibrate_bn`` does for Torch-Pruning's models): by compress itself where it
+    takes ``bn_batches`` (it then records ``summary["batchnorm"]``), else here, so the bench scripts
+    work on either side of that change."""
+    if "bn_batches" in inspect.signature(prunekit.compress).parameters:
+        result = prunekit.compress(dense, x, budget, method=method, data=data, seed=seed, options=options,
+                                   bn_batches=bn_batches)
+        if result.summary.get("batchnorm") not in ("re-estimated", "none"):
+            raise RuntimeError(f"compress left BatchNorm {result.summary.get('batchnorm')!r} with data given")
+        return result
+    result = prunekit.compress(dense, x, budget, method=method, data=data, seed=seed, options=options)
+    recalibrate_bn(result.model, data, batches=bn_batches, seed=seed)
+    result.summary["batchnorm"] = "re-estimated by the bench script"
+    return result
+
+
 def after_pruning(dense, train, test, budget: float, method: str, options: dict) -> dict:
     """Accuracy right after pruning to ``budget`` of the MACs, BatchNorm re-estimated on 20 x 128 images."""
     t0 = time.perf_counter()
-    r = prunekit.compress(dense, X, {"flops": budget}, method=method, data=train, options=options)
-    recalibrate_bn(r.model, train, batches=20)
+    r = compress_reestimated(dense, X, {"flops": budget}, method, train, options=options)
     s = r.summary
     row = {"method": method, "options": options, "flops": budget, "accuracy": evaluate(r.model, test),
            "macs": s["macs"]["pruned"] / s["macs"]["dense"], "params": s["params"]["pruned"],

@@ -1,5 +1,4 @@
 """compress(): budgets met within 1% and never exceeded; methods; reproducibility; bad input."""
-import time
 
 import numpy as np
 import pytest
@@ -85,12 +84,6 @@ def test_unknown_method(resnet56):
         compress(resnet56, X28, 0.5, method="magic")
     with pytest.raises(ConfigError, match="unknown allocator"):
         compress(resnet56, X28, 0.5, method="l1+magic")
-
-
-def test_resnet56_plan_is_fast(resnet56):
-    t = time.perf_counter()
-    compress(resnet56, X28, 0.5, method="l1")
-    assert time.perf_counter() - t < 30
 
 
 def test_round_to_gives_multiples(resnet56):

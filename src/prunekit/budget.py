@@ -96,3 +96,32 @@ def _human(x: float) -> str:
         if abs(x) >= f:
             return f"{x / f:.4g}{s}"
     return f"{x:.4g}"
+
+
+def explain_gap(cost, widths: dict[str, int], targets: dict[str, float], binding: str, gap: float) -> str:
+    """One line saying why the binding budget is missed by ``gap`` (more than TOLERANCE): which
+    setting makes every next width step overshoot (round_to, channel groups), or that the allocator
+    stopped early."""
+    units = cost.graph.units
+    w = cost.vector(widths)
+    key = "flops" if binding == "macs" else binding
+    head = f"{key} is {gap:.1%} below its target (tolerance {TOLERANCE:.0%})"
+    growable = []
+    for i, u in enumerate(units):
+        if w[i] + u.step > u.width:
+            continue
+        grown = w.copy()
+        grown[i] += u.step
+        if meets({"macs": cost.macs(grown), "params": cost.params(grown)}, targets):
+            return f"{head}: the allocator stopped although {u.name!r} could still grow by {u.step}"
+        growable.append(u)
+    if not growable:
+        return f"{head}: every Unit is at full width; the rest is fixed (protected or ignored layers)"
+    round_to = max(u.round_to for u in growable)
+    if round_to > 1:
+        return f"{head}: one more step of round_to={round_to} channels in any Unit would exceed it; lower round_to"
+    grouped = max(growable, key=lambda u: u.step)
+    if grouped.step > 1 and all(u.step > 1 for u in growable):
+        return (f"{head}: Units move in whole channel groups (grouped convs, GroupNorm: {grouped.name!r} in steps of "
+                f"{grouped.step}) and one more step would exceed it")
+    return f"{head}: one more channel in any Unit would exceed it (the smallest steps are too coarse for this budget)"

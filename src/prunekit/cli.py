@@ -13,6 +13,8 @@ from . import io
 from .errors import ConfigError, PrunekitError
 
 EXIT_USER_ERROR = 2
+STALE_BN = ("note: the pruned model keeps the dense model's BatchNorm statistics, which are wrong for it: "
+            "re-estimate them (--dataset with --bn-batches >= 1, or prunekit eval --bn-batches 20) or fine-tune before use")
 
 
 # -- shared pieces -------------------------------------------------------------------------------
@@ -37,7 +39,8 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-to", type=int, default=1, help="keep widths multiples of this")
     p.add_argument("--calibration-batches", type=int, default=5, help="batches of 128 training images")
     p.add_argument("--option", action="append", help="method option name=value, e.g. beta=500 (repeatable)")
-    p.add_argument("--bn-batches", type=int, default=20, help="batches to re-estimate BatchNorm before evaluating")
+    p.add_argument("--bn-batches", type=int, default=20,
+                   help="training batches of 128 to re-estimate the pruned model's BatchNorm statistics (0: off)")
     p.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
 
 
@@ -88,9 +91,12 @@ def _accuracy(model, data, limit: int | None) -> float:
 
 
 def _options(items: list[str] | None) -> dict:
-    """--option beta=500 --option kernel=gaussian -> {"beta": 500.0, "kernel": "gaussian"}."""
+    """--option beta=500 --option kernel=gaussian -> {"beta": 500.0, "kernel": "gaussian"}; one --option
+    may hold several, comma-separated (eps=0.05,particles=4); a comma not followed by name= stays in
+    the value (candidates=l1,taylor)."""
+    import re
     out = {}
-    for item in items or []:
+    for item in (part for given in items or [] for part in re.split(r",(?=[A-Za-z_]\w*=)", given)):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"cannot read --option {item!r}; write --option name=value")
@@ -145,20 +151,20 @@ def cmd_compress(args) -> int:
     result = compress(model, x, budget, method=method, data=train, seed=args.seed,
                       ignore=[s for s in (args.ignore or "").split(",") if s], min_width=args.min_width,
                       round_to=args.round_to, calibration_batches=args.calibration_batches,
-                      options=options, progress=True)
+                      options=options, progress=True, bn_batches=args.bn_batches)
     plan_seconds = time.perf_counter() - t0
     summary = result.summary
     summary["seconds"]["to_plan"] = plan_seconds
     summary["model"], summary["dataset"] = args.model, args.dataset  # for the report's header
     if test is not None and not args.no_eval:
-        from .train import recalibrate_bn
         _log("evaluating the dense model ...")
         summary["accuracy_dense"] = _accuracy(model, test, args.eval_images)
-        _log("re-estimating BatchNorm statistics and evaluating the pruned model ...")
-        recalibrate_bn(result.model, train, batches=args.bn_batches)
+        _log("evaluating the pruned model ...")
         summary["accuracy_pruned_bn"] = _accuracy(result.model, test, args.eval_images)
     if finetune is not None:
         _finetune(args, finetune, model, result, test)
+    if summary["batchnorm"] == "stale":
+        _log(STALE_BN)
     if not _main_process():
         return 0
     out = io.save(result, args.out)
@@ -183,11 +189,28 @@ def _budget_or_ratios(args):
     if not args.budget and not args.ratios:
         raise ConfigError("compress needs --budget (e.g. flops=0.5) or --ratios (e.g. '[0.]+[0.15]*2+[0.4]*27')")
     budget = Budget.parse(args.budget) if args.budget else Budget(flops=1.0)
+    if args.method == "auto":
+        return budget, "auto", _auto_options(args)
     recipe, options = resolve(args.method), _options(args.option)
+    if args.search_budget is not None:  # a searching allocator's (acp); any other method refuses it by name
+        options.setdefault("search_budget", args.search_budget)
     if not args.ratios:
         return budget, args.method, options
     parse_ratios(args.ratios)
     return budget, f"{recipe.criterion}+ratios", {**options, "ratios": args.ratios}
+
+
+def _auto_options(args) -> dict:
+    """--method auto: checked before any work; --search-budget and --option candidates=l1,taylor."""
+    if args.ratios:
+        raise ConfigError("--ratios fixes every width and --method auto chooses them: drop one of the two")
+    if not args.dataset:
+        raise ConfigError("--method auto scores every candidate on held-out training data: pass --dataset NAME")
+    options = _options(args.option)
+    if args.search_budget is not None:
+        options["search_budget"] = args.search_budget
+    from .auto import options as check
+    return check(options)
 
 
 def _finetune_recipe(args):
@@ -236,16 +259,31 @@ def _compress_text(s: dict, out: Path) -> str:
                       _human(m["target"]) if m["target"] else "-"],
                      ["params", _human(p["dense"]), _human(p["pruned"]), f"{100 * p['pruned'] / p['dense']:.1f}",
                       _human(p["target"]) if p["target"] else "-"]])]
+    if s.get("budget_note"):
+        lines.append(f"budget: {s['budget_note']}")
     if "accuracy_dense" in s:
-        lines.append(f"accuracy: dense {s['accuracy_dense']:.2f}%  pruned (BatchNorm re-estimated, no fine-tuning) "
+        lines.append(f"accuracy: dense {s['accuracy_dense']:.2f}%  pruned (BatchNorm {'re-estimated' if s.get('bn_batches') else 'not re-estimated'}, no fine-tuning) "
                      f"{s['accuracy_pruned_bn']:.2f}%")
     if "accuracy_finetuned" in s:
         lines.append(f"accuracy after {len(s['finetune']['epochs'])} fine-tuning epochs with distillation: "
                      f"{s['accuracy_finetuned']:.2f}%")
+    if "auto" in s:
+        lines += ["", _leaderboard_text(s["auto"])]
     lines.append(f"method {s['method']['name']} ({s['method']['criterion']} + {s['method']['allocator']}), "
                  f"plan in {s['seconds']['to_plan']:.1f} s; cost model verified against FlopCounterMode")
     lines.append(f"saved to {out}/ (plan.json, model.safetensors, summary.json)")
     return "\n".join(lines)
+
+
+def _leaderboard_text(a: dict) -> str:
+    rows = [["candidate", "held-out %", "MACs", "params", "s"]]
+    rows += [[r["candidate"], f"{r['heldout_accuracy']:.2f}", _human(r["macs"]), _human(r["params"]),
+              f"{r['seconds']:.1f}"] for r in a["leaderboard"]]
+    note = f"method auto chose {a['chosen']} by accuracy on {a['heldout_images']} held-out training images"
+    if a.get("stopped_early"):
+        untried = sum("search budget" in r["reason"] for r in a["skipped"])
+        note += f" (search budget spent: {untried} candidates not tried)"
+    return _table(rows) + "\n" + note
 
 
 def _export(model, x, fmt: str, out: Path) -> None:
@@ -290,12 +328,35 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from .pipeline import check_bn_batches
     if not args.dataset:
         raise ConfigError("eval needs --dataset")
+    check_bn_batches(args.bn_batches)
     model, _ = _build(args)
+    state = _saved_batchnorm(args.checkpoint)
+    if args.bn_batches:
+        from .train import recalibrate_bn
+        _log(f"re-estimating BatchNorm statistics on {args.bn_batches} training batches ...")
+        recalibrate_bn(model, _data(args, "train"), batches=args.bn_batches, seed=args.seed)
+        state = "re-estimated"
+    elif state == "stale":
+        _log("warning: this run's BatchNorm statistics were never re-estimated after pruning (accuracy will be near "
+             "chance); pass --bn-batches 20")
     acc = _accuracy(model, _data(args, "test"), args.eval_images)
-    _emit(args, {"model": args.model, "dataset": args.dataset, "accuracy": acc}, f"test accuracy: {acc:.2f}%")
+    _emit(args, {"model": args.model, "dataset": args.dataset, "accuracy": acc, "batchnorm": state},
+          f"test accuracy: {acc:.2f}%")
     return 0
+
+
+def _saved_batchnorm(checkpoint: str | None) -> str | None:
+    """The BatchNorm state a compress run recorded ("stale", "re-estimated", ...), if any."""
+    summary = Path(checkpoint or "") / io.SUMMARY
+    if not checkpoint or not summary.is_file():
+        return None
+    try:
+        return json.loads(summary.read_text()).get("batchnorm")
+    except (ValueError, AttributeError):
+        return None
 
 
 def cmd_info(args) -> int:
@@ -318,10 +379,12 @@ def cmd_info(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from .methods import PRESETS, list_methods
+    from .methods import AUTO, PRESETS, list_methods
     obj = list_methods()
     lines = ["methods (criterion + allocator):"]
-    lines += [f"  {m.name:12s} {m.criterion} + {m.allocator}: {m.description}" for m in map(PRESETS.get, obj["methods"])]
+    lines += [f"  {m.name:12s} {m.criterion} + {m.allocator}: {m.description}"
+              for m in map(PRESETS.get, (n for n in obj["methods"] if n != AUTO.name))]
+    lines += [f"  {AUTO.name:12s} {AUTO.description}"]
     lines += ["", "criteria: " + ", ".join(obj["criteria"]), "allocators: " + ", ".join(obj["allocators"]),
               "", "combine any criterion with any allocator: --method taylor+uniform"]
     _emit(args, obj, "\n".join(lines))
@@ -378,6 +441,8 @@ def parser() -> argparse.ArgumentParser:
                                     "(resnet20/56/110, vgg16_bn); uses the --method's criterion")
     c.add_argument("--out", required=True, help="output directory")
     _plan_args(c)
+    c.add_argument("--search-budget", type=float, help="--method auto or acp: stop the search after this many seconds "
+                                                        "with the best candidate so far")
     c.add_argument("--no-eval", action="store_true", help="skip the accuracy before/after")
     c.add_argument("--export", help="also export: onnx, torchscript (comma-separated)")
     c.add_argument("--report", action="store_true", help="also write a self-contained HTML report to --out/report.html")
@@ -401,6 +466,9 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="test accuracy of a dense or pruned model")
     _model_args(e)
     e.add_argument("--eval-images", type=int)
+    e.add_argument("--bn-batches", type=int, default=0,
+                   help="re-estimate BatchNorm statistics on this many training batches of 128 first (default 0: off)")
+    e.add_argument("--seed", type=int, default=0, help="which training batches --bn-batches draws")
     e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("info", help="prunable units, widths, MACs and params of a model")

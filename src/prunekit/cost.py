@@ -9,6 +9,7 @@ flattened layers, and the same polynomial is what every allocator optimizes.
 """
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import UnsupportedLayerError
-from .graph import UnitGraph, _forward, eval_mode
+from .graph import UnitGraph, _forward, _ignore_advice, eval_mode, expand_groups
 
 
 @dataclass
@@ -91,6 +92,17 @@ class CostModel:
         self.macs = _assemble(macs.values(), len(self.units))
         # per-layer terms are kept because the graph's model is pruned in place after planning
         self._layers = {"macs": _by_layer(macs), "params": _by_layer(params)}
+        # MACs outside conv/linear layers (e.g. a matmul between activations) are a constant when an
+        # ignored module runs them, since every width reaching it is kept; elsewhere they are not
+        # covered, and prepare() refuses the model naming them
+        self.uncovered: dict[str, dict[str, int]] = {}
+        for layer, ops in uncovered_macs(model, graph.example_inputs).items():
+            if layer in graph.ignored:
+                self.macs.c += sum(ops.values())
+                self._layers["macs"].setdefault(layer, defaultdict(float))[()] += sum(ops.values())
+                self._layers["params"].setdefault(layer, {})
+            else:
+                self.uncovered[layer] = ops
         self._types = {name: type(m).__name__ for name, m in model.named_modules()}
 
     @staticmethod
@@ -183,3 +195,76 @@ def count(model: nn.Module, example_inputs) -> tuple[int, int]:
         _forward(model, example_inputs)
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     return fc.get_total_flops() // 2, params
+
+
+def own_macs(model: nn.Module, example_inputs) -> dict[str, dict[str, int]]:
+    """MACs FlopCounterMode measures per module, counting only the module's own code (not its
+    children's): {module: {op: MACs}}."""
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as fc:
+        _forward(model, example_inputs)
+    counts = fc.get_flop_counts()
+    root = type(model).__name__
+
+    def key(name: str) -> str:
+        return f"{root}.{name}" if name else root
+
+    out = {}
+    for name, m in model.named_modules():
+        if key(name) not in counts:
+            continue
+        own = {str(op): c for op, c in counts[key(name)].items()}
+        for child, _ in m.named_children():
+            for op, c in counts.get(key(f"{name}.{child}" if name else child), {}).items():
+                own[str(op)] = own.get(str(op), 0) - c
+        own = {op: c // 2 for op, c in own.items() if c > 0}
+        if own:
+            out[name] = own
+    return out
+
+
+def uncovered_macs(model: nn.Module, example_inputs) -> dict[str, dict[str, int]]:
+    """MACs outside conv/linear layers, per module whose own code runs them: products of activations
+    (attention, non-local blocks) and functional convs. The cost model covers conv/linear layers only."""
+    kinds = {n for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+    return {n: ops for n, ops in own_macs(model, example_inputs).items() if n not in kinds}
+
+
+def check_costs(cost: CostModel, model: nn.Module, example_inputs, widths: dict[str, int] | None = None) -> None:
+    """Predicted MACs and parameters at ``widths`` (dense when None) must equal what ``model``
+    measures; else one line naming the module (and op) the cost model does not cover."""
+    predicted = cost.evaluate(widths)
+    macs, params = count(model, example_inputs)
+    if round(predicted["macs"]) == macs and round(predicted["params"]) == params:
+        return
+    if widths is None and cost.uncovered:
+        name, ops = next(iter(cost.uncovered.items()))
+        op, n = max(ops.items(), key=lambda kv: kv[1])
+        raise UnsupportedLayerError(f"{f'module {name!r}' if name else 'the model'} runs {op} ({n} MACs) outside any "
+                                    f"conv/linear layer, which the cost model cannot count; {_ignore_advice(name)}")
+    layers = cost.layer_costs(widths)
+    measured = own_macs(model, example_inputs)
+    own_params = {n: sum(p.numel() for p in m.parameters(recurse=False)) for n, m in model.named_modules()}
+    for name, c in layers.items():
+        got = sum(measured.get(name, {}).values()), own_params.get(name, 0)
+        if (round(c["macs"]), round(c["params"])) != got:
+            raise UnsupportedLayerError(
+                f"the cost model predicts {c['macs']:.0f} MACs / {c['params']:.0f} params for layer {name!r} but it has "
+                f"{got[0]} / {got[1]}{' after a trial pruning' if widths else ''}; {_ignore_advice(name)}")
+    raise UnsupportedLayerError(f"the cost model predicts {predicted['macs']:.0f} MACs / {predicted['params']:.0f} params "
+                                f"but the model has {macs} / {params}; pass the layers it misses with ignore=[...]")
+
+
+def dry_run(model: nn.Module, example_inputs, cost: CostModel, seed: int = 0, **graph_options) -> None:
+    """Prune a copy of ``model`` with a random keep-set per Unit (a local generator: the caller's RNG is
+    untouched) and check it runs, keeps its output shapes and costs what ``cost`` predicts: a surgery
+    failure surfaces in seconds, with the module named, before any data is read."""
+    graph = UnitGraph(copy.deepcopy(model), example_inputs, **graph_options)
+    gen = torch.Generator().manual_seed(seed)
+    keep = {}
+    for u in graph.units:
+        size = u.width // u.groups
+        low = max(1, u.min_keep // u.groups)
+        k = int(torch.randint(low, max(low, size - 1) + 1, (1,), generator=gen))
+        keep[u.name] = expand_groups(u, torch.randperm(size, generator=gen)[:k].tolist())
+    graph.apply(keep)
+    check_costs(cost, graph.model, example_inputs, {n: len(v) for n, v in keep.items()})

@@ -33,12 +33,22 @@ preset("random", "random", "uniform", "random channels, same fraction per layer 
 preset("bn_scale", "bn_scale", "global", "BatchNorm |gamma| with one global threshold (Network Slimming)")
 preset("taylor", "taylor", "global", "first-order Taylor |w*g| with one global threshold (needs data)")
 preset("chip", "chip", "itpruner", "channel independence (nuclear norm) inside itpruner's widths (Sui et al.)")
-preset("itpruner", "l1", "itpruner", "nHSIC layer importance + SLSQP under the cost polynomial (Zheng et al.)")
+preset("itpruner", "l1", "itpruner", "nHSIC layer importance + concave allocation under the cost polynomials (Zheng et al.)")
 preset("next_layer", "next_layer", "global", "filter + next-layer input magnitude, global ranking (CPMC)")
+preset("acp", "l1", "acp", "feature-map clustering start + particle swarm over widths, scored on held-out "
+       "training data (Chang et al.; needs data)")
+
+
+# Not a preset: compress(method="auto") plans every candidate and returns the best (prunekit.auto).
+AUTO = Method("auto", "", "", "every criterion x allocator, scored on held-out training data after BatchNorm "
+              "re-estimation; returns the best (needs data)")
 
 
 def resolve(name: str) -> Method:
     """A preset name, or ``criterion+allocator``."""
+    if name == AUTO.name:
+        raise ConfigError("method 'auto' chooses one method per budget and runs only in compress; "
+                          "here choose a method (prunekit methods)")
     if "+" in name:
         crit, _, alloc = name.partition("+")
         CRITERIA.get(crit)
@@ -53,4 +63,4 @@ def resolve(name: str) -> Method:
 
 
 def list_methods() -> dict[str, list[str]]:
-    return {"methods": PRESETS.names(), "criteria": CRITERIA.names(), "allocators": ALLOCATORS.names()}
+    return {"methods": PRESETS.names() + [AUTO.name], "criteria": CRITERIA.names(), "allocators": ALLOCATORS.names()}

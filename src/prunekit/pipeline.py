@@ -13,12 +13,12 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from .allocation import ALLOCATORS
-from .budget import TOLERANCE, Budget, meets
-from .cost import CostModel, count
+from .budget import TOLERANCE, Budget, explain_gap, meets
+from .cost import CostModel, check_costs, count, dry_run
 from .criteria import CRITERIA
 from .errors import BudgetError, ConfigError, PrunekitError
 from .graph import UnitGraph
-from .methods import Method, resolve
+from .methods import AUTO, Method, resolve
 from .plan import Plan
 from .signals import Signals
 
@@ -73,18 +73,51 @@ def compress(
     calibration_batch_size: int = 128,
     options: Mapping[str, object] | None = None,
     progress: bool = False,
+    bn_batches: int = 20,
 ) -> Result:
     """Prune a copy of ``model`` to ``budget``; the input model is left untouched.
 
     ``example_inputs`` fixes the input size the costs are counted at (use batch 1). ``options``
     go to the criterion or allocator that takes them (e.g. ``{"beta": 500}`` for itpruner).
+    With ``data``, the pruned model's BatchNorm statistics are re-estimated on ``bn_batches``
+    training batches (0: keep the dense model's, which leave a pruned model near chance).
     """
     budget = as_budget(budget)
+    check_bn_batches(bn_batches)
+    if method == AUTO.name:  # plans every candidate, returns the best one's compress (prunekit.auto)
+        from .auto import auto, options as auto_options
+        return auto(model, example_inputs, budget, data, seed, ignore=ignore, min_width=min_width, round_to=round_to,
+                    calibration_batches=calibration_batches, calibration_batch_size=calibration_batch_size,
+                    bn_batches=bn_batches, progress=progress, **auto_options(options))
     prepared = prepare(model, example_inputs, method, ignore=ignore, min_width=min_width, round_to=round_to,
                        options=options)
     targets = prepared.targets(budget)
     prepared.score(data, seed, calibration_batches, calibration_batch_size, progress)
-    return prepared.prune(budget, targets, seed)
+    result = prepared.prune(budget, targets, seed)
+    reestimate_batchnorm(result, data, bn_batches, seed)
+    return result
+
+
+def check_bn_batches(bn_batches) -> None:
+    if isinstance(bn_batches, bool) or not isinstance(bn_batches, int) or bn_batches < 0:
+        raise ConfigError(f"bn_batches must be an integer >= 0 (0 turns BatchNorm re-estimation off), got {bn_batches!r}")
+
+
+def reestimate_batchnorm(result: Result, data: Dataset | DataLoader | None, batches: int = 20, seed: int = 0) -> str:
+    """Pruning changes every BatchNorm layer's input, so the dense running statistics are stale:
+    re-estimate them on training batches before the model is saved, exported or evaluated.
+    Records ``summary["batchnorm"]``: "re-estimated", "stale" (no data or 0 batches) or "none"."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in result.model.modules()):
+        state = "none"
+    elif data is None or batches == 0:
+        state = "stale"
+    else:
+        from .train import recalibrate_bn  # the training stack is heavy; load it only when used
+        recalibrate_bn(result.model, data.dataset if isinstance(data, DataLoader) else data, batches=batches, seed=seed)
+        state = "re-estimated"
+    result.summary["batchnorm"] = state
+    result.summary["bn_batches"] = batches if state == "re-estimated" else 0
+    return state
 
 
 @dataclass
@@ -115,14 +148,19 @@ class Prepared:
         budget.check_feasible(targets, self.smallest, self.dense)
         return targets
 
-    def score(self, data, seed: int, calibration_batches: int, calibration_batch_size: int, progress: bool) -> None:
-        """Draw the calibration batches and rank the channels of every Unit, once."""
+    def score(self, data, seed: int, calibration_batches: int, calibration_batch_size: int, progress: bool,
+              signals: Signals | None = None) -> None:
+        """Draw the calibration batches (or take ``signals`` drawn already: auto shares them between
+        criteria) and rank the channels of every Unit, once."""
         t0 = time.perf_counter()
-        torch.manual_seed(seed)
-        self.signals = (Signals(data, calibration_batches, calibration_batch_size, seed, progress)
-                        if data is not None else Signals())
-        self.scores = self.criterion(self.graph, self.signals, seed, **self.options[0])
-        self.rng_state = torch.get_rng_state()  # every budget's allocation starts from the same state
+        with torch.random.fork_rng(devices=[]):  # seeded, and the caller's global RNG is left as it was
+            torch.manual_seed(seed)
+            if signals is None:
+                signals = (Signals(data, calibration_batches, calibration_batch_size, seed, progress)
+                           if data is not None else Signals())
+            self.signals = signals
+            self.scores = self.criterion(self.graph, self.signals, seed, **self.options[0])
+            self.rng_state = torch.get_rng_state()  # every budget's allocation starts from the same state
         self.seconds["criterion"] = time.perf_counter() - t0
 
     def prune(self, budget: Budget, targets: dict, seed: int, fresh: bool = False) -> Result:
@@ -131,8 +169,9 @@ class Prepared:
         if self.scores is None:
             raise RuntimeError("Prepared.score() must run before prune()")
         t0 = time.perf_counter()
-        torch.set_rng_state(self.rng_state)
-        widths = self.allocator(self.graph, self.cost, targets, self.scores, self.signals, seed, **self.options[1])
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.rng_state)
+            widths = self.allocator(self.graph, self.cost, targets, self.scores, self.signals, seed, **self.options[1])
         t_alloc = time.perf_counter()
         shape = list(self.example_inputs.shape) if isinstance(self.example_inputs, torch.Tensor) else []
         plan = Plan.from_widths(self.graph, widths, self.scores, method=self.recipe.name, budget=budget.describe(),
@@ -154,7 +193,9 @@ class Prepared:
 
 def prepare(model: nn.Module, example_inputs, method: str = "l1", *, ignore=(), min_width: float = 0.05,
             round_to: int = 1, options: Mapping[str, object] | None = None) -> Prepared:
-    """Resolve the method and build the UnitGraph and CostModel of a copy of ``model``."""
+    """Resolve the method and build the UnitGraph and CostModel of a copy of ``model``; then, before
+    any data is read, check that the cost model measures the dense model exactly and that a trial
+    surgery with random keep-sets works, so an unsupported model is refused in seconds."""
     if not 0.0 <= min_width < 1.0:
         raise ConfigError(f"min_width must be in [0, 1), got {min_width}")
     recipe = resolve(method)
@@ -166,6 +207,8 @@ def prepare(model: nn.Module, example_inputs, method: str = "l1", *, ignore=(), 
     if not len(graph):
         raise ConfigError("this model has no prunable layers (all are protected or ignored)")
     cost = CostModel(graph)
+    check_costs(cost, graph.model, example_inputs)
+    dry_run(model, example_inputs, cost, **graph_options)
     dense = cost.evaluate()
     smallest = cost.evaluate({u.name: u.min_keep for u in graph.units})
     return Prepared(model, example_inputs, graph, cost, dense, smallest, recipe, criterion, allocator, split,
@@ -184,12 +227,15 @@ def verify(model: nn.Module, example_inputs, cost: CostModel, plan: Plan, target
     if not meets(measured, targets):
         raise VerificationError(f"pruned model {measured} is above the budget {targets}; please report this model")
     binding = min(targets, key=lambda k: (targets[k] - measured[k]) / targets[k])
+    gap = (targets[binding] - measured[binding]) / targets[binding]
     return {
         "macs": {"dense": int(round(dense["macs"])), "pruned": macs, "target": targets.get("macs")},
         "params": {"dense": int(round(dense["params"])), "pruned": params, "target": targets.get("params")},
         "binding": binding,
         "budget_gap": (targets[binding] - measured[binding]) / targets[binding],
-        "within_tolerance": (targets[binding] - measured[binding]) / targets[binding] <= TOLERANCE,
+        "within_tolerance": gap <= TOLERANCE,
+        # why the binding budget is missed by more than the tolerance (None when it is met)
+        "budget_note": explain_gap(cost, plan.widths, targets, binding, gap) if gap > TOLERANCE else None,
         "units": [{"name": n, "width": plan.dense_widths[n], "kept": plan.widths[n]} for n in plan.dense_widths],
         "layers": layer_breakdown(cost, plan.widths),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,14 +57,63 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
+        """Parse and validate a plan; a tampered file is refused before anything is allocated."""
         try:
             d = json.loads(text)
-            if d.get("format") != FORMAT:
-                raise ValueError(f"format {d.get('format')}")
-            return cls(**d)
-        except (ValueError, TypeError) as e:
+        except ValueError as e:
             raise CheckpointError(f"unreadable plan ({e}); re-run prunekit compress to make a new one") from None
+        problem = _invalid(d)
+        if problem:
+            raise CheckpointError(f"invalid plan: {problem}; re-run prunekit compress to make a new one")
+        return cls(**d)
 
     @classmethod
     def read(cls, path: str | Path) -> "Plan":
         return cls.from_json(Path(path).read_text())
+
+
+_MAX_INPUT_DIMS, _MAX_INPUT_SIDE, _MAX_INPUT_NUMEL = 8, 65536, 1 << 28
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _invalid(d) -> str | None:
+    """What is wrong with a parsed plan.json (None if nothing): schema, types, bounds, widths within
+    the dense widths, keep indices unique, in range and as many as the width."""
+    if not isinstance(d, dict):
+        return "not a JSON object"
+    if d.get("format") != FORMAT:
+        return f"format {d.get('format')!r} (expected {FORMAT})"
+    required = {"method": str, "budget": str, "input_shape": list, "keep": dict, "widths": dict, "dense_widths": dict}
+    optional = {"seed": int, "extras": dict, "format": int}
+    unknown = sorted(set(d) - set(required) - set(optional))
+    if unknown:
+        return f"unknown key {unknown[0]!r}"
+    for key, kind in {**required, **optional}.items():
+        if key not in d:
+            if key in required:
+                return f"missing key {key!r}"
+            continue
+        if not isinstance(d[key], kind) or (kind is int and isinstance(d[key], bool)):
+            return f"{key!r} must be a {kind.__name__}"
+    shape = d["input_shape"]
+    if len(shape) > _MAX_INPUT_DIMS or not all(_is_int(s) and 0 < s <= _MAX_INPUT_SIDE for s in shape):
+        return f"input_shape must be at most {_MAX_INPUT_DIMS} positive integers up to {_MAX_INPUT_SIDE}"
+    if shape and math.prod(shape) > _MAX_INPUT_NUMEL:
+        return f"input_shape {shape} is too large"
+    dense, widths, keep = d["dense_widths"], d["widths"], d["keep"]
+    if set(widths) != set(dense) or set(keep) != set(dense):
+        return "keep, widths and dense_widths must name the same units"
+    for name, full in dense.items():
+        w, k = widths[name], keep[name]
+        if not _is_int(full) or full < 1:
+            return f"dense width of {name!r} must be a positive integer"
+        if not _is_int(w) or not 1 <= w <= full:
+            return f"width of {name!r} must be an integer in [1, {full}]"
+        if not isinstance(k, list) or len(k) != w:
+            return f"keep of {name!r} must list exactly {w} channels"
+        if not all(_is_int(i) and 0 <= i < full for i in k) or len(set(k)) != len(k):
+            return f"keep of {name!r} must be distinct channel indices in [0, {full})"
+    return None

@@ -20,8 +20,8 @@ from torch.utils.data import Dataset, Subset
 from . import io
 from .budget import Budget
 from .errors import ConfigError
-from .pipeline import Result, as_budget, prepare
-from .train import Recipe, evaluate, fit, recalibrate_bn
+from .pipeline import Result, as_budget, check_bn_batches, prepare, reestimate_batchnorm
+from .train import Recipe, evaluate, fit
 
 SWEEP_JSON, SWEEP_PLOT = "sweep.json", "accuracy_vs_macs.png"
 
@@ -116,6 +116,7 @@ def sweep(
     accuracy-vs-MACs plot are rewritten after every point.
     """
     parsed = check_budgets(budgets)
+    check_bn_batches(bn_batches)
     if (test_data is not None or finetune is not None) and data is None:
         raise ConfigError("evaluating or fine-tuning sweep points needs training data: pass data=... (CLI: --dataset)")
     if out is not None:
@@ -135,11 +136,12 @@ def sweep(
     for (label, budget), target in zip(parsed, targets):
         t0 = time.perf_counter()
         pruned = prepared.prune(budget, target, seed, fresh=True)
+        reestimate_batchnorm(pruned, data, bn_batches, seed)  # the same step compress takes
         point = Point(label, pruned, shared + time.perf_counter() - t0)
         pruned.summary["seconds"]["to_plan"] = point.seconds_to_plan
         if result.accuracy_dense is not None:
             pruned.summary["accuracy_dense"] = result.accuracy_dense
-        _measure(point, data, test_data, finetune, finetune_data, teacher, bn_batches, seed, device, progress)
+        _measure(point, data, test_data, finetune, finetune_data, teacher, device, progress)
         result.points.append(point)
         if out is not None:
             write(result, out, last_only=True)
@@ -156,14 +158,13 @@ def _evaluate(model: nn.Module, data: Dataset, device) -> float:
     return evaluate(model, data)
 
 
-def _measure(point: Point, data, test_data, recipe, finetune_data, teacher, bn_batches: int, seed: int, device,
-             progress: bool) -> None:
-    """Accuracy with BatchNorm re-estimated, then (optionally) after distillation from the dense model."""
+def _measure(point: Point, data, test_data, recipe, finetune_data, teacher, device, progress: bool) -> None:
+    """Accuracy with BatchNorm re-estimated (by ``reestimate_batchnorm``), then (optionally) after
+    distillation from the dense model."""
     model, summary = point.result.model, point.result.summary
     if device is not None:
         model.to(device)
     if test_data is not None:
-        recalibrate_bn(model, data, batches=bn_batches, seed=seed)
         point.accuracy_pruned_bn = summary["accuracy_pruned_bn"] = _evaluate(model, test_data, device)
     if recipe is not None:
         t0 = time.perf_counter()
@@ -171,6 +172,7 @@ def _measure(point: Point, data, test_data, recipe, finetune_data, teacher, bn_b
                       progress=progress, device=device)
         summary["seconds"]["finetune"] = time.perf_counter() - t0
         summary["finetune"] = {"recipe": recipe.to_dict(), "epochs": history}
+        summary["batchnorm"] = "fine-tuned"
         if test_data is not None:
             point.accuracy_finetuned = summary["accuracy_finetuned"] = _evaluate(model, test_data, device)
     model.eval()

@@ -10,6 +10,6 @@ from ..registry import Registry
 ALLOCATORS = Registry("allocator")
 register_allocator = ALLOCATORS.register
 
-from . import uniform, global_threshold, itpruner, ratios  # noqa: E402,F401  (registration)
+from . import uniform, global_threshold, itpruner, ratios, acp  # noqa: E402,F401  (registration)
 
 __all__ = ["ALLOCATORS", "register_allocator"]

@@ -6,7 +6,9 @@ default 0 ranks by normalized score alone (the budget enters through the thresho
 normalization (1) spends the budget on the expensive channels of residual streams first. On the
 shipped Fashion-MNIST ResNet-20 at half its MACs it left a 1-channel stem and 5.5% accuracy after
 BatchNorm re-estimation, against 67.2% for 0 and 56.8% for uniform widths
-(bench/results/cpu_quick.md).
+(bench/results/cpu_quick.md). ``normalize="none"`` ranks raw scores, which compare across Units
+only for criteria in common units (Taylor's estimate of the loss change); bench/results/allocators.md
+measures it against the default.
 """
 from __future__ import annotations
 
@@ -21,12 +23,16 @@ from . import register_allocator
 from .fit import fit, limits
 
 
-def step_values(graph: UnitGraph, scores: dict[str, torch.Tensor]) -> list[np.ndarray]:
-    """Per Unit: normalized score of each width step, best first (what the k-th step adds)."""
+NORMALIZE = ("mean", "none")
+
+
+def step_values(graph: UnitGraph, scores: dict[str, torch.Tensor], normalize: str = "mean") -> list[np.ndarray]:
+    """Per Unit: (normalized) score of each width step, best first (what the k-th step adds)."""
     out = []
     for u in graph.units:
         s = scores[u.name].double().reshape(u.groups, -1).sum(0)  # one value per offset in a group
-        s = s / s.mean().clamp_min(1e-12)
+        if normalize == "mean":
+            s = s / s.mean().clamp_min(1e-12)
         s = torch.sort(s, descending=True).values.numpy()
         per_step = u.step // u.groups
         out.append(np.add.reduceat(s, np.arange(0, len(s), per_step)))
@@ -48,10 +54,12 @@ def value_keys(graph: UnitGraph, values: list[np.ndarray], cost_power: float = 1
 
 @register_allocator("global")
 def global_threshold(graph: UnitGraph, cost: CostModel, targets: dict[str, float], scores, signals: Signals,
-                     seed: int = 0, cost_power: float = 0.0) -> np.ndarray:
+                     seed: int = 0, cost_power: float = 0.0, normalize: str = "mean") -> np.ndarray:
     if not 0.0 <= float(cost_power) <= 1.0:
         raise ConfigError(f"cost_power must be in [0, 1], got {cost_power}")
-    values = step_values(graph, scores)
+    if normalize not in NORMALIZE:
+        raise ConfigError(f"normalize must be one of {', '.join(map(repr, NORMALIZE))}, got {normalize!r}")
+    values = step_values(graph, scores, normalize)
     steps, lo, hi = limits(graph)
     dense = cost.dense_widths
     unit_cost = sum(np.abs(getattr(cost, k).step_deltas(dense, -steps)) / t for k, t in targets.items())

@@ -1,26 +1,26 @@
-"""ITPruner (Zheng et al.): layer importance from normalized HSIC, widths from one SLSQP solve.
+"""ITPruner (Zheng et al.): layer importance from normalized HSIC, widths from the cost polynomials.
 
 A layer whose features are largely predictable from the other layers' (high summed nHSIC) is
-redundant, so it is less important: alpha = exp(-beta * s) with s normalized to sum 1. The widths
-maximize sum(alpha * x) under the cost polynomial, by SLSQP from x = 1 (METHODS.md section 1).
+redundant, so it is less important: alpha = exp(-beta * s) with s normalized to sum 1.
 
-Two findings shape this file (bench/results/itpruner_streams.md):
+Three solvers (docs/allocation.md; bench/results/itpruner_streams.md, allocators.md):
 
-* The stated problem's optimum is bang-bang on our models. Every conv joins two different Units
-  (no x_i^2 term, unlike the paper's CIFAR search model where one width is conv2's input and
-  output), so maximizing a linear objective under the bilinear cost puts each Unit at full or at
-  minimum width. A residual stream, one Unit whose cost spans a whole stage, lands at its minimum:
-  that was the collapse of issue 4 (15% accuracy at 50% MACs).
-* The official script never reaches that optimum. alpha = exp(-beta * s) with the paper's beta is
-  ~1e-9 or less, far below SLSQP's default ftol, so SLSQP stops at its first feasible iterate: the
-  dense widths projected onto the budget, tilted by importance. That is how the released CIFAR
-  configurations arise (the ResNet-20 one comes out for any importances; see the tests).
+* ``"concave"`` (default): maximize sum alpha * U(x) with a strictly concave U (U = 1 - 1/x) under
+  every cost polynomial, a convex problem in log x solved to convergence (allocation/concave.py).
+  Its optimum is interior and moves with the importances, which the paper's linear objective does
+  not do on our costs.
+* ``"official"``: the stated problem max sum(alpha * x) with the official script's numerics. alpha
+  with the paper's beta is ~1e-9 or less, far below SLSQP's default ftol, so SLSQP stops at its first
+  feasible iterate: the dense widths projected onto the budget, tilted by importance. That is how
+  the released CIFAR configurations arise (the ResNet-20 one comes out for any importances).
+* ``"exact"``: the stated problem solved to convergence. Every conv here joins two different Units
+  (no x_i^2 term), so a linear objective under the bilinear cost is bang-bang: each Unit at full or
+  minimum width, and a residual stream lands at its minimum (the collapse of issue 4).
 
-So ``solver="official"`` (default) keeps the official numerics, and ``streams="layers"`` (default)
-uses the paper's per-layer formulation: every tensor a Unit's consumers read is a layer (a residual
-stream has one per block output), and a Unit ties its layers to one width, so it counts once per
-layer in the objective and in SLSQP's steps (variables sqrt(n) x). A stream is then cut about as
-much as the layers beside it, as in the paper's near-uniform CIFAR results, instead of n times more.
+``streams="layers"`` (default) uses the paper's per-layer formulation: every tensor a Unit's
+consumers read is a layer (a residual stream has one per block output), and a Unit ties its layers
+to one width, so it counts once per layer in the objective (and, for "official", in SLSQP's steps:
+variables sqrt(n) x).
 """
 from __future__ import annotations
 
@@ -35,15 +35,18 @@ from ..cost import CostModel, Polynomial
 from ..errors import ConfigError, DataError, UnsupportedLayerError
 from ..graph import UnitGraph
 from ..signals import Signals, unit_features
-from . import register_allocator
+from . import concave, register_allocator
 from .fit import fit, limits, snap
 
 # the paper's temperatures, by the model the paper tuned them on
 PAPER_BETA = {"resnet20": 246.0, "resnet56": 500.0, "vgg16_bn": 231.0, "resnet50": 2000.0}
-BETA_PER_LAYER = 20.0  # default beta = 20 x number of layers: the paper's values are 18-54 per layer
-AUTO_GRID = (0.0, 5.0, 10.0, 20.0, 40.0)  # x number of layers
+# default beta per layer, by solver: the official numerics need the paper's scale (18-54 per layer) to
+# tilt at all; the concave solver turns importance ratios into width ratios, so it needs far less
+BETA_PER_LAYER = {"concave": 2.0, "official": 20.0, "exact": 20.0}
+AUTO_GRID = {"concave": (0.0, 1.0, 2.0, 4.0, 8.0), "official": (0.0, 5.0, 10.0, 20.0, 40.0),
+             "exact": (0.0, 5.0, 10.0, 20.0, 40.0)}  # x number of layers
 STREAMS = ("layers", "unit", "keep")
-SOLVERS = ("official", "exact")
+SOLVERS = ("concave", "official", "exact")
 
 
 def center(K: torch.Tensor) -> torch.Tensor:
@@ -153,8 +156,9 @@ def solve(polys: dict[str, Polynomial], targets: dict[str, float], weight: np.nd
 
 
 def widths_for(graph: UnitGraph, cost: CostModel, targets: dict[str, float], S: torch.Tensor, owner: np.ndarray,
-               beta: float, streams: str = "layers", solver: str = "official") -> np.ndarray:
-    """Widths from the layers' nHSIC: SLSQP for the shape, then the shared budget repair."""
+               beta: float, streams: str = "layers", solver: str = "concave", tol: float = concave.TOL,
+               eta: float = concave.ETA) -> np.ndarray:
+    """Widths from the layers' nHSIC: the solver for the shape, then rounding onto the budget."""
     steps, lo, _ = limits(graph)
     W = cost.dense_widths
     layers = np.bincount(owner, minlength=len(W)).astype(np.float64)
@@ -162,9 +166,12 @@ def widths_for(graph: UnitGraph, cost: CostModel, targets: dict[str, float], S: 
     if streams == "keep":
         lo = np.where(layers > 1, W, lo)
         _check_keep_feasible(cost, targets, lo)
+    polys = {k: getattr(cost, k) for k in targets}
+    if solver == "concave":
+        return concave.allocate(graph, cost, targets, weight, lo, tol, eta)
     # the official script uses alpha = exp(-beta * s~) unscaled: tiny for the paper's beta
     scale = float(np.exp(-beta * redundancy(S).min())) if solver == "official" else 1.0
-    x = solve({k: getattr(cost, k) for k in targets}, targets, weight * scale, W, lo, layers, solver == "official")
+    x = solve(polys, targets, weight * scale, W, lo, layers, solver == "official")
     value = weight * steps / W  # what one width step of each Unit is worth
 
     def key(w, c):
@@ -181,7 +188,7 @@ def _check_keep_feasible(cost: CostModel, targets: dict[str, float], lo: np.ndar
                               f"{'flops' if key == 'macs' else key} budget; raise the budget or use streams='layers'")
 
 
-def _auto_beta(graph, cost, targets, S, owner, scores, signals, seed, streams, solver) -> tuple[float, dict]:
+def _auto_beta(graph, cost, targets, S, owner, scores, signals, seed, streams, solver, tol, eta) -> tuple[float, dict]:
     """Pick beta by held-out accuracy after BatchNorm re-estimation (no fine-tuning)."""
     from ..data import holdout_split
     from ..plan import Plan
@@ -191,9 +198,9 @@ def _auto_beta(graph, cost, targets, S, owner, scores, signals, seed, streams, s
     fit_part, held = holdout_split(signals.dataset, fraction=0.1, seed=seed)
     held = torch.utils.data.Subset(held, range(min(len(held), 2000)))
     results = {}
-    for mult in AUTO_GRID:
+    for mult in AUTO_GRID[solver]:
         beta = mult * len(owner)
-        w = widths_for(graph, cost, targets, S, owner, beta, streams, solver)
+        w = widths_for(graph, cost, targets, S, owner, beta, streams, solver, tol, eta)
         trial = copy.deepcopy(graph.model)
         trial_graph = UnitGraph(trial, graph.example_inputs, ignore=graph.ignored)
         Plan.from_widths(graph, w, scores, method="itpruner", budget="", input_shape=[]).apply(trial_graph)
@@ -212,25 +219,33 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
 @register_allocator("itpruner")
 def itpruner(graph: UnitGraph, cost: CostModel, targets: dict[str, float], scores, signals: Signals, seed: int = 0,
              beta: float | str | None = None, kernel: str = "linear", images: int = 100, streams: str = "layers",
-             solver: str = "official") -> np.ndarray:
+             solver: str = "concave", tol: float = concave.TOL, eta: float = concave.ETA) -> np.ndarray:
     """ITPruner widths.
 
     streams: "layers" (one layer per tensor a Unit's consumers read, tied to the Unit's width),
     "unit" (one layer per Unit: the official ResNet-50 code's one entry per stage stream, cut several
     times harder than the layers beside it), or "keep" (as "layers", but Units read at several
     tensors, i.e. residual streams, keep their full width and the budget goes to the rest).
-    solver: "official" (the official script's numerics: a projection of the dense model onto the
-    budget, tilted by importance) or "exact" (the stated problem solved to convergence: bang-bang).
-    beta: a number, a model name from PAPER_BETA, or "auto"; default 20 x number of layers.
+    solver: "concave" (importance-weighted concave utility, solved to convergence: the widths follow
+    the importances), "official" (the official script's numerics: a projection of the dense model
+    onto the budget, tilted by importance) or "exact" (the stated linear problem solved to
+    convergence: bang-bang). tol: the concave solver's tolerance; eta: its utility's curvature.
+    beta: a number, a model name from PAPER_BETA, or "auto" (held-out accuracy over AUTO_GRID);
+    default BETA_PER_LAYER[solver] x number of layers.
     """
     streams, solver = _choice("streams", streams, STREAMS), _choice("solver", solver, SOLVERS)
+    if not 0.0 < float(tol) < 1e-2:
+        raise ConfigError(f"tol must be a small positive number (the solver's tolerance, e.g. 1e-10), got {tol}")
+    if not 1.0 <= float(eta) <= 10.0:
+        raise ConfigError(f"eta must be in [1, 10] (the utility's curvature: 1 = log, 2 = 1 - 1/x), got {eta}")
     grams, owner = layer_grams(graph, signals, int(images), kernel, per_layer=streams != "unit")
     S = nhsic_matrix(grams)
     if beta is None:
-        beta = BETA_PER_LAYER * len(owner)
+        beta = BETA_PER_LAYER[solver] * len(owner)
     beta = PAPER_BETA.get(beta, beta)  # e.g. beta="resnet56" uses the paper's 500
     if beta == "auto":
-        beta, tried = _auto_beta(graph, cost, targets, S, owner, scores, signals, seed, streams, solver)
+        beta, tried = _auto_beta(graph, cost, targets, S, owner, scores, signals, seed, streams, solver, float(tol),
+                                 float(eta))
         signals.record["beta_grid_accuracy"] = tried
     try:
         beta = float(beta)
@@ -243,4 +258,6 @@ def itpruner(graph: UnitGraph, cost: CostModel, targets: dict[str, float], score
     signals.record.update(beta=beta, streams=streams, solver=solver,
                           importance={u.name: float(a) for u, a in zip(graph.units, mean)},
                           layers={u.name: int(n) for u, n in zip(graph.units, layers)})
-    return widths_for(graph, cost, targets, S, owner, beta, streams, solver)
+    widths = widths_for(graph, cost, targets, S, owner, beta, streams, solver, float(tol), float(eta))
+    signals.record["widths"] = {u.name: int(w) for u, w in zip(graph.units, widths)}
+    return widths

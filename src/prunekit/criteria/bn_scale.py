@@ -23,6 +23,6 @@ def bn_scale(graph: UnitGraph, signals: Signals, seed: int = 0) -> dict[str, tor
         if bn:
             out[u.name] = reduce_slices(graph, u, bn, lambda n, w: w.abs())
         else:
-            fallback = fallback or _l1(graph, signals, seed)
+            fallback = fallback or _l1(graph, signals, seed, scope="filters")
             out[u.name] = fallback[u.name]
     return out

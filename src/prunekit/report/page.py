@@ -125,13 +125,34 @@ def accuracy_section(s: dict) -> str:
     ft = s.get("finetune") or {}
     how = f"{len(ft.get('epochs') or [])} epochs" + (", distillation" if ft.get("distilled", True) else "")
     rows = []
+    bn = "BatchNorm re-estimated" if s.get("bn_batches") else "BatchNorm not re-estimated"
     for key, label in (("accuracy_dense", "dense"),
-                       ("accuracy_pruned_bn", "pruned, BatchNorm re-estimated, no fine-tuning"),
+                       ("accuracy_pruned_bn", f"pruned, {bn}, no fine-tuning"),
                        ("accuracy_finetuned", f"pruned and fine-tuned ({how})")):
         if _is_number(s.get(key)):
             delta = f"{s[key] - dense:+.2f}" if _is_number(dense) and key != "accuracy_dense" else ""
             rows.append([label, f"{s[key]:.2f}", delta])
-    return section("accuracy", "Accuracy", table(["model", "top-1 %", "vs dense (points)"], rows) if rows else "")
+    body = table(["model", "top-1 %", "vs dense (points)"], rows) if rows else ""
+    return section("accuracy", "Accuracy", body + batchnorm_note(s))
+
+
+BATCHNORM_NOTES = {
+    "re-estimated": ("ok", "BatchNorm statistics of the saved model were re-estimated on {n} training batches after pruning."),
+    "fine-tuned": ("ok", "BatchNorm statistics of the saved model come from its fine-tuning."),
+    "none": ("ok", "The model has no BatchNorm layers with running statistics."),
+    "stale": ("bad", "BatchNorm statistics of the saved model are the dense model's, which are wrong after pruning: "
+                     "re-estimate them (prunekit eval --bn-batches 20, or compress with --dataset) or fine-tune "
+                     "before use."),
+}
+
+
+def batchnorm_note(s: dict) -> str:
+    """Whether the saved model is usable as it is: stale BatchNorm statistics leave it near chance."""
+    state = s.get("batchnorm")
+    if state not in BATCHNORM_NOTES:
+        return ""
+    css, text = BATCHNORM_NOTES[state]
+    return f'<p class="{css}" id="batchnorm-state">{esc(text.format(n=s.get("bn_batches", 0)))}</p>'
 
 
 def per_unit_signals(s: dict) -> dict[str, dict[str, float]]:
@@ -253,6 +274,41 @@ def sweep_section(sweep: dict) -> str:
         ["budget", "MACs", "of dense", "params", "of dense", "acc. pruned %", "acc. fine-tuned %", "plan s"], rows))
 
 
+def auto_section(s: dict) -> str:
+    """method="auto": every candidate tried, by held-out accuracy, the chosen one first."""
+    a = s.get("auto") or {}
+    rows = [r for r in a.get("leaderboard") or [] if isinstance(r, dict)]
+    if not rows:
+        return ""
+    body = (f"<p>Method auto planned each candidate, re-estimated its BatchNorm statistics and measured its accuracy "
+            f"on {_int(a.get('heldout_images'))} held-out training images (never the test set); it chose "
+            f"<b>{esc(a.get('chosen'))}</b>, whose plan this report shows.</p>")
+    body += table(["candidate", "held-out top-1 %", "MACs", "params", "seconds"],
+                  [[r.get("candidate", ""),
+                    f"{r['heldout_accuracy']:.2f}" if _is_number(r.get("heldout_accuracy")) else "-",
+                    _int(r.get("macs")), _int(r.get("params")),
+                    f"{r['seconds']:.2f}" if _is_number(r.get("seconds")) else "-"] for r in rows])
+    skipped = [r for r in a.get("skipped") or [] if isinstance(r, dict)]
+    if skipped:
+        body += details(f"{len(skipped)} candidates not scored",
+                        table(["candidate", "why"], [[r.get("candidate", ""), r.get("reason", "")] for r in skipped]))
+    return section("auto", "Candidates (method auto)", body)
+
+
+def search_section(s: dict) -> str:
+    """A searching allocator (acp): the best held-out fitness after each cycle of the search."""
+    a = (s.get("signals") or {}).get("acp")
+    best = [f for f in (a.get("fitness_per_cycle") or []) if _is_number(f)] if isinstance(a, dict) else []
+    if not best:
+        return ""
+    chart = charts.curves("search", [("held-out top-1 %", {"best so far": (list(range(len(best))), best)})],
+                          "cycle (0: initial population)", integer_x=True)
+    early = "; stopped early by the search budget" if a.get("stopped_early") else ""
+    note = (f"<p>{_int(a.get('evaluations'))} candidates scored on {_int(a.get('heldout_images'))} held-out training "
+            f"images (fitness {esc(a.get('fitness'))}){early}.</p>")
+    return section("search", "Structure search (acp)", figure(chart, "best fitness so far per cycle") + note)
+
+
 def timing_section(s: dict) -> str:
     seconds = {k: v for k, v in (s.get("seconds") or {}).items() if _is_number(v)}
     return section("timing", "Time", table(["step", "seconds"], [[k, f"{v:.2f}"] for k, v in seconds.items()])
@@ -262,8 +318,8 @@ def timing_section(s: dict) -> str:
 def render(summary: dict | None, sweep: dict | None, plan: dict | None) -> str:
     """The whole page for a run directory's summary.json, sweep.json and plan.json (any may be None)."""
     s = summary or {}
-    sections = [budget_section(s), units_section(s), layers_section(s), signals_section(s), finetune_section(s),
-                sweep_section(sweep) if sweep else "", timing_section(s)]
+    sections = [budget_section(s), auto_section(s), units_section(s), layers_section(s), search_section(s),
+                signals_section(s), finetune_section(s), sweep_section(sweep) if sweep else "", timing_section(s)]
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{esc(title(summary, sweep))}</title><link rel=\"icon\" href=\"data:,\"><style>{CSS}</style></head>"

@@ -28,5 +28,6 @@ def finetune(target, data: Dataset, epochs: int = 10, teacher: nn.Module | None 
                   device=device, progress=progress)
     if hasattr(target, "summary"):
         target.summary["finetune"] = {"recipe": plan.to_dict(), "distilled": teacher is not None, "epochs": history}
+        target.summary["batchnorm"] = "fine-tuned"
     model.eval()
     return history

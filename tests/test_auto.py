@@ -1,0 +1,229 @@
+"""method="auto": held-out images apart from calibration, BatchNorm and test data; the choice is the
+leaderboard's argmax; the result is the plain compress of the chosen method; search budget; refusals."""
+import functools
+import importlib
+import json
+from collections import defaultdict
+
+import pytest
+from hypothesis import given, strategies as st
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+import prunekit
+from prunekit import ConfigError, compress
+from prunekit.cli import main
+from prunekit.criteria import CRITERIA
+from prunekit.data import holdout_split
+from prunekit.data.synthetic import synthetic
+
+auto_module = importlib.import_module("prunekit.auto")
+X = torch.zeros(1, 1, 8, 8)
+CANDIDATES = ["l1", "bn_scale", "taylor+uniform", "l1+global"]  # 3 criteria, 3 allocators
+FAST = {"calibration_batches": 1, "calibration_batch_size": 32, "bn_batches": 2}
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny()
+
+
+@pytest.fixture(scope="module")
+def train():
+    return synthetic(size=(1, 8, 8), length=400)
+
+
+def run_auto(model, train, seed=0, **options):
+    return compress(model, X, 0.5, method="auto", data=train, seed=seed,
+                    options={"candidates": CANDIDATES, **options}, **FAST)
+
+
+def board(result) -> list[tuple]:
+    rows = result.summary["auto"]["leaderboard"]
+    return [(r["candidate"], r["heldout_accuracy"], r["macs"], r["params"]) for r in rows]
+
+
+class Logged(Dataset):
+    """Remembers, per phase, which items were read."""
+
+    def __init__(self, data):
+        self.data, self.phase, self.read = data, "calibration", defaultdict(set)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        self.read[self.phase].add(int(i))
+        return self.data[i]
+
+
+def root(data):
+    while isinstance(data, Subset):
+        data = data.dataset
+    return data
+
+
+def test_heldout_images_are_training_images_apart_from_calibration_and_batchnorm(model, train, monkeypatch):
+    logged = Logged(train)
+    roots = []
+
+    def phase(name, f):
+        @functools.wraps(f)
+        def wrapped(m, data, *args, **kwargs):
+            roots.append(root(data))
+            logged.phase = name
+            try:
+                return f(m, data, *args, **kwargs)
+            finally:
+                logged.phase = "after"
+        return wrapped
+
+    monkeypatch.setattr(auto_module, "recalibrate_bn", phase("bn", auto_module.recalibrate_bn))
+    monkeypatch.setattr(auto_module, "evaluate", phase("heldout", auto_module.evaluate))
+    result = run_auto(model, logged)
+    read = logged.read
+    assert read["calibration"] and read["bn"] and read["heldout"]
+    assert all(r is logged for r in roots)  # only ever the training data: the test split is never given
+    assert not read["heldout"] & read["bn"]
+    assert not read["heldout"] & read["calibration"]
+    rest, held = holdout_split(train, 0.1, 0)
+    assert read["heldout"] <= set(held.indices) and read["bn"] <= set(rest.indices)
+    heldout = set(held.indices) - read["calibration"]
+    assert result.summary["auto"]["heldout_images"] == len(read["heldout"]) == len(heldout)
+    assert result.summary["auto"]["calibration_images"] == 32 <= len(read["calibration"])
+
+
+@given(n=st.integers(20, 400), fraction=st.floats(0.05, 0.5), seed=st.integers(0, 2**31 - 1),
+       calibration=st.sets(st.integers(0, 399), max_size=60), images=st.none() | st.integers(1, 50))
+def test_split_is_deterministic_and_keeps_calibration_out(n, fraction, seed, calibration, images):
+    data = list(range(n))
+    calibration = {i for i in calibration if i < n}
+    try:
+        rest, held = auto_module.split(data, calibration, fraction, images, seed)
+    except ConfigError:  # every held-out item was a calibration image, or one side of the split is empty
+        return
+    again = auto_module.split(data, calibration, fraction, images, seed)
+    assert held.indices == again[1].indices and rest.indices == again[0].indices
+    assert not set(held.indices) & calibration and not set(held.indices) & set(rest.indices)
+    assert set(held.indices) <= set(holdout_split(data, fraction, seed)[1].indices)
+    assert images is None or len(held) <= images
+
+
+def test_choice_is_the_leaderboards_argmax_and_the_plain_compress_of_it(model, train):
+    result = run_auto(model, train, seed=1)
+    a = result.summary["auto"]
+    rows = a["leaderboard"]
+    assert sorted(r["candidate"] for r in rows) == sorted(CANDIDATES)
+    assert a["chosen"] == max(rows, key=lambda r: r["heldout_accuracy"])["candidate"] == rows[0]["candidate"]
+    assert set(rows[0]) == {"candidate", "heldout_accuracy", "macs", "params", "seconds", "criterion_seconds"}
+    plain = compress(model, X, 0.5, method=a["chosen"], data=train, seed=1, **FAST)
+    assert result.plan.widths == plain.plan.widths and result.plan.keep == plain.plan.keep
+    assert result.summary["method"] == plain.summary["method"] and result.summary["signals"] == plain.summary["signals"]
+    assert result.summary["batchnorm"] == plain.summary["batchnorm"] == "re-estimated"
+    state, other = result.model.state_dict(), plain.model.state_dict()
+    assert state.keys() == other.keys() and all(torch.equal(state[k], other[k]) for k in state)
+    chosen_row = next(r for r in rows if r["candidate"] == a["chosen"])
+    assert (chosen_row["macs"], chosen_row["params"]) == prunekit.count(result.model, X)
+
+
+def test_deterministic_for_a_seed_and_one_calibration_one_scoring_per_criterion(model, train, monkeypatch):
+    calls = defaultdict(int)
+    original = auto_module.Signals
+
+    def signals(*args, **kwargs):
+        calls["signals"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(auto_module, "Signals", signals)
+    for name in ("l1", "bn_scale", "taylor"):
+        f = CRITERIA.get(name)
+        monkeypatch.setitem(CRITERIA._items, name, functools.wraps(f)(
+            lambda *a, f=f, name=name, **k: (calls.__setitem__(name, calls[name] + 1), f(*a, **k))[1]))
+    first = run_auto(model, train, seed=2)
+    assert dict(calls) == {"signals": 1, "l1": 1, "bn_scale": 1, "taylor": 1}
+    assert board(run_auto(model, train, seed=2)) == board(first)
+
+
+def test_search_budget_stops_with_the_best_so_far(model, train):
+    result = run_auto(model, train, search_budget=1e-9)
+    a = result.summary["auto"]
+    assert [r["candidate"] for r in a["leaderboard"]] == [CANDIDATES[0]] and a["chosen"] == CANDIDATES[0]
+    assert a["stopped_early"] and [s["candidate"] for s in a["skipped"]] == CANDIDATES[1:]
+    plain = compress(model, X, 0.5, method=CANDIDATES[0], data=train, **FAST)
+    assert result.plan.keep == plain.plan.keep
+
+
+def test_candidates_that_cannot_plan_are_skipped_with_the_reason(model, train):
+    result = compress(model, X, 0.5, method="auto", data=train, options={"candidates": "l1,l1+ratios"}, **FAST)
+    a = result.summary["auto"]
+    assert a["chosen"] == "l1" and [s["candidate"] for s in a["skipped"]] == ["l1+ratios"]
+    assert "ratios=" in a["skipped"][0]["reason"] and not a["stopped_early"]
+
+
+def test_default_candidates_are_every_criterion_by_allocator_but_the_control_and_ratios():
+    names = auto_module.default_candidates()
+    pairs = {(m.criterion, m.allocator) for m in map(prunekit.methods.resolve, names)}
+    assert len(pairs) == len(names)
+    assert pairs == {(c, a) for c in CRITERIA.names() for a in prunekit.allocation.ALLOCATORS.names()
+                     if c != "random" and a not in ("ratios", "acp")}
+    assert names[:3] == ["bn_scale", "chip", "itpruner"]  # presets first
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"data": None}, "data="),
+    ({"data": None}, "--dataset"),
+    ({"options": {"beta": 3}}, "takes no option 'beta'"),
+    ({"options": {"candidates": ["l1", "l1+uniform"]}}, "same method"),
+    ({"options": {"candidates": ["auto"]}}, "not a method"),
+    ({"options": {"candidates": ["nope"]}}, "unknown method"),
+    ({"options": {"search_budget": 0}}, "search_budget"),
+])
+def test_refusals_are_one_line_config_errors(model, train, kwargs, needle):
+    args = {"data": train, **kwargs}
+    with pytest.raises(ConfigError, match="^[^\n]*$") as e:
+        compress(model, X, 0.5, method="auto", **args)
+    assert needle in str(e.value)
+
+
+def test_sweep_refuses_auto(model, train):
+    with pytest.raises(ConfigError, match="only in compress"):
+        prunekit.sweep(model, X, [0.5], method="auto", data=train)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_refuses_auto_without_dataset(capsys, tmp_path):
+    code, _, err = run(capsys, "compress", "--model", "resnet20", "--budget", "flops=0.5", "--method", "auto",
+                       "--out", str(tmp_path / "o"))
+    lines = [line for line in err.splitlines() if line.startswith("prunekit: error:")]
+    assert code == 2 and len(lines) == 1 and "--dataset" in lines[0]
+
+
+def test_cli_json_prints_the_leaderboard_and_the_report_shows_it(capsys, tmp_path):
+    out = tmp_path / "o"
+    code, stdout, err = run(capsys, "compress", "--model", "resnet20", "--dataset", "synthetic", "--input-size", "8",
+                            "--budget", "flops=0.5", "--method", "auto", "--option", "candidates=l1,l2",
+                            "--search-budget", "600", "--calibration-batches", "1", "--bn-batches", "1", "--no-eval",
+                            "--out", str(out), "--report", "--json")
+    assert code == 0, err
+    summary = json.loads(stdout)
+    a = summary["auto"]
+    assert [r["candidate"] for r in a["leaderboard"]] in (["l1", "l2"], ["l2", "l1"])
+    assert a["chosen"] == a["leaderboard"][0]["candidate"] == summary["method"]["name"] and a["search_budget"] == 600
+    assert json.loads((out / "summary.json").read_text())["auto"] == a
+    page = (out / "report.html").read_text()
+    assert 'id="auto"' in page and all(f"<td>{r['candidate']}</td>" in page for r in a["leaderboard"])
