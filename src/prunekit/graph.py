@@ -584,41 +584,30 @@ class UnitGraph:
 
     def check_runs(self) -> None:
         """Run the model once and name the layer that fails, so a bad slice is caught at once; every
-        output must keep the dense model's shape (a pruned classifier would not)."""
+        output must keep the dense model's shape (a pruned classifier would not). A dense model that
+        runs in training mode must still do so pruned (fine-tuning needs it)."""
+        self._check_run(eval_mode(self.model), self.example_inputs, self.output_shapes, "")
+        if self.train_shapes is not None:
+            self._check_run(training_mode(self.model), _doubled(self.example_inputs), self.train_shapes,
+                            "training-mode ")
+
+    def _check_run(self, mode, inputs, want: list, label: str) -> None:
         stack: list[str] = []
         hooks = [m.register_forward_pre_hook(lambda m, i, n=n: stack.append(n)) for n, m in self.model.named_modules() if n]
         try:
-            with eval_mode(self.model), torch.no_grad():
-                out = _flatten(_forward(self.model, self.example_inputs))
+            with mode, torch.no_grad():
+                shapes = [tuple(t.shape) for t in _flatten(_forward(self.model, inputs))]
         except Exception as e:
             where = stack[-1] if stack else "?"
             raise UnsupportedLayerError(
-                f"after pruning, layer {where!r} fails ({_first_line(e)}); Torch-Pruning cannot handle it: "
-                f"pass ignore=['{where}']") from e
+                f"after pruning, layer {where!r} fails in a {label or 'eval-mode '}forward ({_first_line(e)}); "
+                f"Torch-Pruning cannot handle it: pass ignore=['{where}']") from e
         finally:
             for h in hooks:
                 h.remove()
-        shapes = [tuple(t.shape) for t in out]
-        if shapes != self.output_shapes:
-            raise UnsupportedLayerError(f"after pruning, the model's outputs have shapes {shapes} instead of "
-                                        f"{self.output_shapes}; pass the output layers with ignore=[...]")
-        if self.train_shapes is not None:  # the dense model runs in training mode: so must the pruned one (fine-tuning)
-            stack.clear()
-            hooks = [m.register_forward_pre_hook(lambda m, i, n=n: stack.append(n)) for n, m in self.model.named_modules() if n]
-            try:
-                with training_mode(self.model), torch.no_grad():
-                    shapes = [tuple(t.shape) for t in _flatten(_forward(self.model, _doubled(self.example_inputs)))]
-            except Exception as e:
-                where = stack[-1] if stack else "?"
-                raise UnsupportedLayerError(
-                    f"after pruning, layer {where!r} fails in training mode ({_first_line(e)}); Torch-Pruning cannot "
-                    f"handle it: pass ignore=['{where}']") from e
-            finally:
-                for h in hooks:
-                    h.remove()
-            if shapes != self.train_shapes:
-                raise UnsupportedLayerError(f"after pruning, the model's training-mode outputs have shapes {shapes} "
-                                            f"instead of {self.train_shapes}; pass the output layers with ignore=[...]")
+        if shapes != want:
+            raise UnsupportedLayerError(f"after pruning, the model's {label}outputs have shapes {shapes} instead of "
+                                        f"{want}; pass the output layers with ignore=[...]")
 
 
 def _first_line(e: BaseException) -> str:
