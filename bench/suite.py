@@ -70,7 +70,31 @@ TP_MAX_RATIO, TP_STEPS, TP_TOLERANCE, TP_HALVINGS = 0.9, 200, 0.002, 5
 # Methods listed by prunekit that the suite does not run, with the reason shown in the table.
 SKIP: dict[str, str] = {}
 # Searches whose cost is reported on its own, not held to the time-to-plan goal (BENCHMARKS.md).
-SEARCHES = ("auto", "acp")
+SEARCHES = ("auto", "acp", "trp", "dagger", "fisher_iterative")  # trp, dagger, fisher_iterative: training time
+# Methods that train the weights while they plan: their "one-shot" accuracy includes that training, so
+# they are marked in the tables and left out of the one-shot bests and goals.
+TRAINS_WEIGHTS = ("trp", "fisher_iterative")
+# Options a method runs with in the suite (CPU-sized searches and training steps), recorded in each row.
+METHOD_OPTIONS: dict[str, dict] = {
+    # ACP's official swarm (10 particles x 8 cycles, 10 fitness batches on 2000 held-out images) takes
+    # ~35 min for ResNet-20 on 2 loaded cores: a third of the evaluations, each half the size.
+    "acp": {"particles": 6, "cycles": 4, "fitness_batches": 5, "holdout_images": 1000},
+    # TRP trains: 100 steps of batch 64 (0.11 of an epoch; a step of batch 128 took ~9 s on 2 loaded cores)
+    # instead of the paper's 164 epochs. After so few steps the paper's 0.05 threshold cuts far below the
+    # budget (10 steps: 31% MACs for a 50% target), so threshold 0: ranks are set by the budget alone, at
+    # the same MACs as the channel-pruning rows
+    "trp": {"steps": 100, "batch_size": 64, "threshold": 0.0},
+    # Dagger trains its gate generator (weights frozen): 300 steps of batch 128 (0.64 of an epoch);
+    # the time is summary["seconds"]["gate_training"]
+    "dagger": {"steps": 300, "batch_size": 128},
+    # fisher_iterative trains while it masks: one channel step every 2 iterations (the paper: 25) of batch
+    # 64, at most 300 steps (0.33 of an epoch), the rest masked at once by the Fisher accumulated so far;
+    # the time is summary["seconds"]["fisher_iterative_training"]
+    "fisher_iterative": {"interval": 2, "batch_size": 64, "max_steps": 300},
+    # efa refuses a budget beyond its redundancy estimate (ResNet-20: 39.6% of MACs removable) unless told
+    # to go on; 50% and 20% MACs are both beyond it, so the rows say how it does past its own limit
+    "efa": {"exceed": 1},
+}
 PLAN_SECONDS = 30.0  # BENCHMARKS.md: time to a plan for ResNet-56 on the 2-core CPU (plans are always made there)
 ENV_SHOWN = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 PHASES = ("oneshot", "finetune")
@@ -179,8 +203,13 @@ def prune_prunekit(dense: nn.Module, x: torch.Tensor, method: str, target: float
                    bn_batches: int) -> tuple:
     """``prunekit.compress`` to ``target`` of the MACs; BatchNorm re-estimated on the same seeded
     batches as Torch-Pruning's models (by compress itself where it does that)."""
-    result = compress_reestimated(dense, x, {"flops": target}, method, train, seed, bn_batches)
-    extra = {"widths": [u["kept"] for u in result.summary["units"]], "batchnorm": result.summary.get("batchnorm")}
+    options = METHOD_OPTIONS.get(method)
+    result = compress_reestimated(dense, x, {"flops": target}, method, train, seed, bn_batches, options)
+    extra = {"widths": [u["kept"] for u in result.summary["units"]], "batchnorm": result.summary.get("batchnorm"),
+             "method_seconds": {k: round(v, 3) for k, v in result.summary.get("seconds", {}).items()
+                                if isinstance(v, (int, float))}}
+    if options:
+        extra["options"] = options
     if "auto" in result.summary:
         extra["chosen"] = result.summary["auto"]["chosen"]
     return result.model, extra
@@ -441,7 +470,7 @@ def goal_oneshot_50(by_model: dict[str, list[dict]]) -> dict:
     parts = []
     for name, runs in by_model.items():
         bn = aggregate(runs, "accuracy_bn")
-        pk, ref = best(bn, 0.5, "prunekit"), best(bn, 0.5, "torch-pruning")
+        pk, ref = best(bn, 0.5, "prunekit", TRAINS_WEIGHTS), best(bn, 0.5, "torch-pruning")
         if pk and ref:
             parts.append((pk[1]["mean"] >= ref[1]["mean"] + 5,
                           f"{name}: {pk[0]} {pk[1]['mean']:.2f} vs {ref[0]} {ref[1]['mean']:.2f}"))
@@ -573,7 +602,8 @@ def losses(results: dict) -> list[str]:
         for phase, key in (("oneshot", "accuracy_bn"), ("finetune", "accuracy_final")):
             agg = aggregate([r for r in results["runs"] if r["model"] == name and r["phase"] == phase], key)
             for target in sorted({t for _, t in agg}, reverse=True):
-                pk, ref = best(agg, target, "prunekit"), best(agg, target, "torch-pruning")
+                pk = best(agg, target, "prunekit", TRAINS_WEIGHTS if phase == "oneshot" else ())
+                ref = best(agg, target, "torch-pruning")
                 if not pk or not ref:
                     continue
                 gap = ref[1]["mean"] - pk[1]["mean"]
@@ -586,11 +616,21 @@ def losses(results: dict) -> list[str]:
         return ["Nothing compared yet."]
     if not out:
         return [f"prunekit's best is at or ahead of Torch-Pruning's best in every setting measured ({ahead})."]
-    return [f"prunekit's best loses to Torch-Pruning's best on " + "; ".join(out) + f"; it is at or ahead in the "
+    return ["prunekit's best loses to Torch-Pruning's best on " + "; ".join(out) + f"; it is at or ahead in the "
             f"other {ahead} setting{'s' if ahead != 1 else ''} measured."]
 
 
 PHASE_WORDS = {"oneshot": "one-shot", "finetune": "after fine-tuning"}
+
+
+def training_seconds(r: dict) -> str:
+    """The part of the plan time a method spent training (dagger's gates, trp, fisher_iterative)."""
+    spent = [v for k, v in (r.get("method_seconds") or {}).items() if k.endswith("training")]
+    return f"{sum(spent):.1f}" if spent else "-"
+
+
+def shown(method: str) -> str:
+    return f"{method} †" if method in TRAINS_WEIGHTS else method
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -631,10 +671,11 @@ def summary_table(results: dict, name: str) -> list[str]:
     for p, t in columns:
         agg = aggregate([r for r in runs if r["phase"] == p], key[p])
         values[(p, t)] = {m: v["mean"] for (m, tt), v in agg.items() if tt == t}
-    bold = {c: bold_best(list(values[c].items())) for c in columns}
+    bold = {c: bold_best([(m, v) for m, v in values[c].items() if c[0] != "oneshot" or m not in TRAINS_WEIGHTS])
+            for c in columns}
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in ordered(results, runs):
-        row = [method]
+        row = [shown(method)]
         for c in columns:
             rs = [r for r in runs if r["method"] == method and (r["phase"], r["target"]) == c]
             text = cell([r[key[c[0]]] for r in rs])
@@ -649,19 +690,19 @@ def oneshot_table(results: dict, name: str, target: float) -> list[str]:
     batches = [str(b) for b in cfg["cpu_batches"]]
     runs = [r for r in results["runs"] if r["model"] == name and r["phase"] == "oneshot" and r["target"] == target]
     gpu = any((r.get("latency_ms") or {}).get("gpu") for r in runs)
-    head = (["method", "acc. BN re-est. %", "MACs (M)", "below target %", "params (K)", "plan s"]
+    head = (["method", "acc. BN re-est. %", "MACs (M)", "below target %", "params (K)", "plan s", "of which training s"]
             + [f"CPU ms b{b}" for b in batches] + [f"speed-up b{b}" for b in batches]
             + [f"b{batches[-1]} speed-up / MACs reduction", "load (start-end)"])
     if gpu:
         head += [f"GPU ms b{b}" for b in cfg["gpu_batches"]]
-    bold = bold_best([(r["method"], r["accuracy_bn"]) for r in runs])
+    bold = bold_best([(r["method"], r["accuracy_bn"]) for r in runs if r["method"] not in TRAINS_WEIGHTS])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in ordered(results, runs):
         r = next(r for r in runs if r["method"] == method)
         acc = f"{r['accuracy_bn']:.2f}"
         note = f" ({r['chosen']})" if r.get("chosen") else ""
-        row = [method + note, f"**{acc}**" if method in bold else acc, f"{r['macs'] / 1e6:.3f}",
-               f"{100 * landing(r):.2f}", f"{r['params'] / 1e3:.1f}", f"{r['seconds_to_plan']:.1f}"]
+        row = [shown(method) + note, f"**{acc}**" if method in bold else acc, f"{r['macs'] / 1e6:.3f}",
+               f"{100 * landing(r):.2f}", f"{r['params'] / 1e3:.1f}", f"{r['seconds_to_plan']:.1f}", training_seconds(r)]
         row += [f"{r['latency_ms']['cpu'][b]:.2f}" for b in batches]
         row += [f"{speedup(r, dense, b):.2f}x" for b in batches]
         row += [f"{speed_ratio(r, dense, batches[-1]):.2f}", load_text(r)]
@@ -714,7 +755,8 @@ def markdown(results: dict, profile: str) -> str:
     load = f" 1-minute load average at the start and end of the rows: {min(loads):.1f} to {max(loads):.1f}." if loads else ""
     sessions = results.get("sessions", [])
     lines += [f"Rows: {len(results['runs'])} recorded over {_n(len(sessions), 'run')} of the suite, "
-              f"{wall_seconds(results) / 3600:.2f} h of wall time in all.{load}", ""]
+              f"{wall_seconds(results) / 3600:.2f} h of wall time in all (the runs' times summed; some ran side by "
+              f"side).{load}", ""]
     machines = sorted({s["machine"] for s in sessions} | {results["machine"]})
     lines += ["Machine: " + "; ".join(machines), "", "Commands:", ""]
     lines += [f"- `{c}`" for c in dict.fromkeys(s["command"] for s in sessions)] + [""]
@@ -736,7 +778,10 @@ def markdown(results: dict, profile: str) -> str:
               f"whole as in prunekit. Latency: "
               f"torch.utils.benchmark median, {_n(cfg['threads'], 'thread')}, OMP_WAIT_POLICY=PASSIVE, the dense model "
               f"measured in the same row just before; speed-up / MACs reduction = (dense ms / pruned ms) / (dense MACs "
-              f"/ pruned MACs). Bold: the best of each side per column.", ""]
+              f"/ pruned MACs). Bold: the best of each side per column. Methods run with options (CPU-sized "
+              f"searches and training) record them in the JSON rows (`options`, `METHOD_OPTIONS` in bench/suite.py). "
+              f"† trains the weights while it plans ({', '.join(TRAINS_WEIGHTS)}), so its one-shot accuracy includes "
+              f"that training: it is left out of the one-shot bests, goals and bold.", ""]
     lines += ["## Goals of BENCHMARKS.md", "", "| goal | met | detail |", "|---|---|---|"]
     for g in goals(results):
         mark = {True: "met", False: "**not met**", None: "n/a"}[g["met"]]
@@ -908,6 +953,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="CPU threads for planning and CPU latency")
     p.add_argument("--stop-after", type=float, help="start no new row after this many seconds (rerun to continue)")
     p.add_argument("--fresh", action="store_true", help="discard the rows already recorded in the results file")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="add the rows of other results files of the same profile (runs made in parallel) and rewrite "
+                        "the table; runs nothing")
     p.add_argument("--readme", action="store_true",
                    help="also write the summary into README.md between its cpu-suite markers")
     return p
@@ -930,11 +978,38 @@ def run(args, argv: list[str]) -> int:
     base = io.ensure_dir(args.results) / (args.name or RESULT_NAMES[profile])
     env = "".join(f"{k}={os.environ[k]} " for k in ENV_SHOWN if k in os.environ)
     command = f"{env}python bench/suite.py " + " ".join(argv)
+    if args.merge:
+        results = merge(base, [Path(p) for p in args.merge], cfg, profile)
+        if args.readme:
+            write_readme(results, ROOT / "README.md")
+        return 0
     results = execute(cfg, methods, phases, base, profile, command, device=args.device, data_dir=args.data_dir,
                       work=Path(args.work) / base.name, fresh=args.fresh, stop_after=args.stop_after)
     if args.readme:
         write_readme(results, ROOT / "README.md")
     return 0
+
+
+def merge(base: Path, others: list[Path], cfg: Config, profile: str) -> dict:
+    """The rows, sessions and dense records of ``others`` added to ``base``.json (rows it already has are kept)."""
+    results = load_results(base.with_suffix(".json"), cfg, fresh=False)
+    if results is None:
+        raise ConfigError(f"{base.with_suffix('.json')} does not exist; run the suite first")
+    for path in others:
+        other = load_results(path, cfg, fresh=False)
+        if other is None:
+            raise ConfigError(f"{path} does not exist")
+        done = {row_key(r) for r in results["runs"]}
+        results["runs"] += [r for r in other["runs"] if row_key(r) not in done]
+        results["sessions"] += [s for s in other["sessions"] if s not in results["sessions"]]
+        for key in ("models", "methods"):
+            results[key] = list(dict.fromkeys(results[key] + other[key]))
+        results["dense"] = {**other["dense"], **results["dense"]}
+        results["errors"] += other.get("errors", [])
+    io.write_json(base.with_suffix(".json"), results)
+    io.write_text(base.with_suffix(".md"), markdown(results, profile))
+    plots(results, base, profile)
+    return results
 
 
 def row_key(r: dict) -> tuple:

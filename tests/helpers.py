@@ -2,6 +2,7 @@
 import copy
 
 import torch
+import torch.nn as nn
 
 from prunekit.graph import UnitGraph, expand_groups
 
@@ -30,3 +31,18 @@ def masked_copy(model, graph: UnitGraph, keep: dict[str, list[int]]):
                 sel = torch.isin(s.channel, drop)
                 p.index_fill_(s.dim, s.index[sel], 0.0)
     return masked
+
+
+class TinyResidual(nn.Module):
+    """Stem -> one residual block -> classifier: a stream Unit (stem + block output) and an inner one."""
+
+    def __init__(self, width: int = 8, classes: int = 4):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width))
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.fc(torch.relu(h + self.b(self.a(h))).mean((2, 3)))

@@ -19,6 +19,7 @@ from prunekit.cost import CostModel
 from prunekit.errors import BudgetError, ConfigError, PrunekitError
 from prunekit.graph import UnitGraph
 from prunekit.signals import Signals
+from tests.helpers import TinyResidual
 
 X = torch.randn(1, 1, 8, 8)
 FAST = {"particles": 3, "cycles": 2, "holdout_images": 32, "fitness_batches": 1, "train_steps": 2,
@@ -30,25 +31,9 @@ def data(n: int = 160, seed: int = 0) -> TensorDataset:
     return TensorDataset(torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g))
 
 
-class Net(nn.Module):
-    """Stem -> one residual block -> classifier: a stream Unit (stem + block output) and an inner one."""
-
-    def __init__(self, width: int = 8):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-        self.a = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-        self.b = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width))
-        self.fc = nn.Linear(width, 4)
-
-    def forward(self, x):
-        x = self.stem(x)
-        x = torch.relu(x + self.b(self.a(x)))
-        return self.fc(x.mean((2, 3)))
-
-
-def net(seed: int = 0) -> Net:
+def net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return Net().eval()
+    return TinyResidual().eval()
 
 
 def chain(seed: int = 0) -> nn.Sequential:

@@ -170,13 +170,16 @@ def test_candidates_that_cannot_plan_are_skipped_with_the_reason(model, train):
     assert "ratios=" in a["skipped"][0]["reason"] and not a["stopped_early"]
 
 
-def test_default_candidates_are_every_criterion_by_allocator_but_the_control_and_ratios():
+def test_default_candidates_are_every_criterion_by_allocator_but_the_control_searches_and_training():
     names = auto_module.default_candidates()
     pairs = {(m.criterion, m.allocator) for m in map(prunekit.methods.resolve, names)}
     assert len(pairs) == len(names)
+    left_out = {"random", "ratios", "acp", "dagger", "fisher_iterative", "global_raw"}
+    assert set(auto_module.NOT_BY_DEFAULT) == left_out
     assert pairs == {(c, a) for c in CRITERIA.names() for a in prunekit.allocation.ALLOCATORS.names()
-                     if c != "random" and a not in ("ratios", "acp")}
-    assert names[:3] == ["bn_scale", "chip", "itpruner"]  # presets first
+                     if c not in left_out and a not in left_out}
+    presets = [p for p in prunekit.methods.PRESETS.names() if p in names]
+    assert len(presets) >= 8 and names[:len(presets)] == presets  # presets first
 
 
 @pytest.mark.parametrize("kwargs,needle", [

@@ -154,6 +154,20 @@ def test_cpu_profile_resumes_after_an_interruption_without_redoing_rows(tmp_path
     assert not done
 
 
+def test_merge_adds_the_rows_of_a_parallel_run_once(tmp_path, resnet20):
+    cfg = tiny_cpu_profile(tmp_path, resnet20)
+    main, side = tmp_path / "cpu_suite", tmp_path / "side" / "cpu_suite"
+    side.parent.mkdir()
+    suite.execute(cfg, ["l1"], ["oneshot"], main, "cpu", "main run")
+    suite.execute(cfg, ["l1", "random"], ["oneshot"], side, "cpu", "side run")  # l1 again: the main file's row stays
+    ours = json.loads(main.with_suffix(".json").read_text())["runs"]
+    merged = suite.merge(main, [side.with_suffix(".json")], cfg, "cpu")
+    assert [r["method"] for r in merged["runs"]] == ["l1", "random"] and merged["runs"][0] == ours[0]
+    assert [s["command"] for s in merged["sessions"]] == ["main run", "side run"]
+    assert "random" in main.with_suffix(".md").read_text()
+    assert suite.merge(main, [side.with_suffix(".json")], cfg, "cpu")["runs"] == merged["runs"]  # idempotent
+
+
 def test_readme_block_between_the_markers_is_all_that_changes(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\nbefore\n{suite.README_BEGIN}\nold table\n{suite.README_END}\nafter\n")

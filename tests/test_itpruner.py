@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.data import TensorDataset
 
-from prunekit import BudgetError, ConfigError, DataError, compress
+from prunekit import BudgetError, ConfigError, DataError, compress, sweep
 from prunekit.allocation import itpruner as itp
 from prunekit.cost import Polynomial
 from prunekit.models import create_model
@@ -58,9 +58,12 @@ def test_beta_zero_is_driven_by_cost_alone(resnet56, synthetic_train):
 
 @pytest.mark.parametrize("kind", ["flops", "params"])
 def test_budgets_met_within_one_percent(resnet56, synthetic_train, kind):
-    key = "macs" if kind == "flops" else "params"
-    for frac in np.arange(0.1, 0.95, 0.1):
-        s = compress(resnet56, X28, {kind: float(frac)}, method="itpruner", data=synthetic_train).summary
+    key, fracs = ("macs" if kind == "flops" else "params"), np.arange(0.1, 0.95, 0.1)
+    # one calibration for every budget: each sweep point is the plan of a separate compress (test_sweep)
+    points = sweep(resnet56, X28, [{kind: float(f)} for f in fracs], method="itpruner", data=synthetic_train,
+                   bn_batches=0).points
+    for frac, point in zip(fracs, points):
+        s = point.result.summary
         achieved = s[key]["pruned"] / s[key]["dense"]
         assert frac * 0.99 <= achieved <= frac + 1e-9, (frac, achieved)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from prunekit import BudgetError, ConfigError, compress
+from prunekit import BudgetError, ConfigError, compress, sweep
 from prunekit.models import create_model
 
 X28 = torch.randn(1, 1, 28, 28)
@@ -15,9 +15,10 @@ X28 = torch.randn(1, 1, 28, 28)
 @pytest.mark.parametrize("method", ["l1", "l1+global"])
 def test_budgets_met_within_one_percent(request, model_name, kind, method):
     model = request.getfixturevalue(model_name)
-    key = "macs" if kind == "flops" else "params"
-    for frac in np.arange(0.1, 0.95, 0.1):
-        s = compress(model, X28, {kind: float(frac)}, method=method).summary
+    key, fracs = ("macs" if kind == "flops" else "params"), np.arange(0.1, 0.95, 0.1)
+    # one prepare for every budget: each sweep point is the plan of a separate compress (test_sweep)
+    for frac, point in zip(fracs, sweep(model, X28, [{kind: float(f)} for f in fracs], method=method).points):
+        s = point.result.summary
         achieved = s[key]["pruned"] / s[key]["dense"]
         assert achieved <= frac + 1e-9, (frac, achieved)
         assert achieved >= frac * 0.99, (frac, achieved)

@@ -35,9 +35,11 @@ from .train import evaluate, recalibrate_bn
 
 # Left out unless named in ``candidates``: the random control (a method that wins by chance is not a
 # choice), the ratios allocator (it needs a hand-set ratio list) and acp (a search of its own, ~90
-# held-out evaluations per candidate). Any other candidate that cannot
-# plan (a ConfigError or BudgetError) is listed as skipped with its message; the others go on.
-NOT_BY_DEFAULT = ("random", "ratios", "acp")
+# held-out evaluations per candidate) and dagger (hundreds of training steps per candidate). Any other
+# candidate that cannot plan (a ConfigError or BudgetError) is listed as skipped with its message; the others go on.
+NOT_BY_DEFAULT = ("random", "ratios", "acp", "dagger",
+                  "fisher_iterative",  # trains while it prunes, like dagger
+                  "global_raw")  # global without per-Unit normalization: for criteria in common units (fisher)
 BN_BATCHES = 20  # candidates are always scored after re-estimation, also when the result keeps stale statistics
 OPTIONS = ("candidates", "search_budget", "holdout", "holdout_images")  # what options= may hold for auto
 

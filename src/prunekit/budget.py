@@ -9,7 +9,7 @@ import numpy as np
 from .errors import BudgetError
 
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
-_ALIASES = {"flops": "macs", "macs": "macs", "params": "params"}
+_ALIASES = {"flops": "macs", "macs": "macs", "params": "params", "speedup": "latency", "latency_ms": "latency"}
 TOLERANCE = 0.01  # the binding budget is met within 1%, never exceeded
 
 
@@ -43,6 +43,8 @@ class Budget:
 
     flops: float | str | None = None
     params: float | str | None = None
+    latency_ms: float | str | None = None  # milliseconds per forward (prunekit.latency; docs/latency.md)
+    speedup: float | str | None = None  # dense latency / pruned latency, measured on this machine
     _parsed: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -51,8 +53,14 @@ class Budget:
             value = getattr(self, key)
             if value is not None:
                 parsed[_ALIASES[key]] = _parse_amount(key, value)
+        if self.latency_ms is not None and self.speedup is not None:
+            raise BudgetError("give either latency_ms=... or speedup=..., not both (they are the same target)")
+        if self.latency_ms is not None:
+            parsed["latency"] = ("ms", _parse_latency("latency_ms", self.latency_ms))
+        if self.speedup is not None:
+            parsed["latency"] = ("speedup", _parse_latency("speedup", self.speedup))
         if not parsed:
-            raise BudgetError("empty budget: give flops=... and/or params=..., e.g. flops=0.5")
+            raise BudgetError("empty budget: give flops=..., params=..., speedup=... or latency_ms=..., e.g. flops=0.5")
         object.__setattr__(self, "_parsed", parsed)
 
     @classmethod
@@ -63,28 +71,64 @@ class Budget:
             key, sep, value = part.partition("=")
             key = key.strip().lower()
             if not sep or key not in _ALIASES:
-                raise BudgetError(f"cannot read budget {part!r}; write flops=0.5, params=200K or both, comma-separated")
-            kw["params" if _ALIASES[key] == "params" else "flops"] = value.strip()
+                raise BudgetError(f"cannot read budget {part!r}; write flops=0.5, params=200K, speedup=2 or latency_ms=3, "
+                                  "comma-separated")
+            kw[key if _ALIASES[key] in ("params", "latency") else "flops"] = value.strip()
         return cls(**kw)
+
+    @property
+    def needs_latency(self) -> bool:
+        return "latency" in self._parsed
 
     def targets(self, dense: dict[str, float]) -> dict[str, float]:
         """Absolute targets ("macs", "params") given the dense model's costs."""
         out = {}
         for key, (kind, v) in self._parsed.items():
-            out[key] = v * dense[key] if kind == "fraction" else v
+            if key == "latency" and "latency" not in dense:
+                raise BudgetError("a latency budget needs a latency model: use prunekit.compress, which measures one")
+            out[key] = v * dense[key] if kind == "fraction" else dense[key] / v if kind == "speedup" else v
         return out
 
     def describe(self) -> str:
-        return ",".join(f"{'flops' if k == 'macs' else k}={v if kind == 'fraction' else _human(v)}"
+        return ",".join(f"{'flops' if k == 'macs' else k}={v if kind == 'fraction' else _human(v)}" if k != "latency"
+                        else f"speedup={v:g}" if kind == "speedup" else f"latency_ms={v:g}"
                         for k, (kind, v) in self._parsed.items())
 
     def check_feasible(self, targets: dict[str, float], smallest: dict[str, float], dense: dict[str, float]) -> None:
         """Refuse, before any work, a budget that not even the smallest legal model meets."""
         for key, target in targets.items():
+            if key == "latency" and target < smallest[key]:
+                raise BudgetError(_latency_infeasible(self._parsed["latency"], target, smallest, dense))
             if target < smallest[key]:
                 raise BudgetError(
                     f"{'flops' if key == 'macs' else key} budget {_human(target)} is below the smallest prunable model "
                     f"({_human(smallest[key])} of {_human(dense[key])}); raise the budget or lower min_width")
+
+
+def _parse_latency(key: str, value) -> float:
+    """A speed-up (a factor >= 1) or a latency in milliseconds (> 0, "3" or "3ms")."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(ms|x)?\s*", value, flags=re.IGNORECASE)
+        if not m:
+            raise BudgetError(f"budget {key}={value!r} is not a number; write e.g. speedup=2 or latency_ms=3")
+        value = float(m.group(1))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise BudgetError(f"budget {key}={value!r} is not a number; write e.g. speedup=2 or latency_ms=3")
+    if key == "speedup" and value < 1:
+        raise BudgetError(f"budget speedup={value:g} must be >= 1 (the pruned model as fast as the dense one or faster)")
+    if value <= 0:
+        raise BudgetError(f"budget {key}={value:g} must be > 0 milliseconds")
+    return float(value)
+
+
+def _latency_infeasible(parsed: tuple[str, float], target: float, smallest: dict, dense: dict) -> str:
+    kind, v = parsed
+    asked = f"speedup={v:g} needs {target:.4g} ms" if kind == "speedup" else f"latency_ms={v:g}"
+    fixed = smallest.get("latency_fixed")
+    most = dense["latency"] / smallest["latency"]
+    return (f"{asked} but the smallest prunable model takes {smallest['latency']:.4g} ms of {dense['latency']:.4g} ms "
+            f"dense{f' ({fixed:.4g} ms in parts no width changes)' if fixed is not None else ''}, "
+            f"so at most speedup={most:.3g} is reachable; lower the target or min_width")
 
 
 def meets(costs: dict[str, float], targets: dict[str, float]) -> bool:
@@ -112,7 +156,7 @@ def explain_gap(cost, widths: dict[str, int], targets: dict[str, float], binding
             continue
         grown = w.copy()
         grown[i] += u.step
-        if meets({"macs": cost.macs(grown), "params": cost.params(grown)}, targets):
+        if meets({k: getattr(cost, k)(grown) for k in targets}, targets):
             return f"{head}: the allocator stopped although {u.name!r} could still grow by {u.step}"
         growable.append(u)
     if not growable:

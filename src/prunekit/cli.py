@@ -138,6 +138,7 @@ def _main_process() -> bool:
 def cmd_compress(args) -> int:
     from .pipeline import compress
     budget, method, options = _budget_or_ratios(args)  # every check that needs no work comes first
+    latency = _latency_options(args, budget)
     finetune = _finetune_recipe(args)
     io.check_writable(args.out)
     if finetune is not None:
@@ -151,7 +152,8 @@ def cmd_compress(args) -> int:
     result = compress(model, x, budget, method=method, data=train, seed=args.seed,
                       ignore=[s for s in (args.ignore or "").split(",") if s], min_width=args.min_width,
                       round_to=args.round_to, calibration_batches=args.calibration_batches,
-                      options=options, progress=True, bn_batches=args.bn_batches)
+                      options=options, progress=True, bn_batches=args.bn_batches,
+                      **({"latency": latency} if latency is not None else {}))
     plan_seconds = time.perf_counter() - t0
     summary = result.summary
     summary["seconds"]["to_plan"] = plan_seconds
@@ -185,12 +187,17 @@ def _budget_or_ratios(args):
     method's criterion, and turns ``--budget`` into an optional ceiling (the dense cost if absent)."""
     from .allocation.ratios import parse_ratios
     from .budget import Budget
-    from .methods import resolve
+    from .methods import is_lowrank, resolve
     if not args.budget and not args.ratios:
         raise ConfigError("compress needs --budget (e.g. flops=0.5) or --ratios (e.g. '[0.]+[0.15]*2+[0.4]*27')")
     budget = Budget.parse(args.budget) if args.budget else Budget(flops=1.0)
     if args.method == "auto":
         return budget, "auto", _auto_options(args)
+    if is_lowrank(args.method):  # svd, trp, CHANNEL_METHOD,svd: options checked here, before any work
+        from .lowrank.method import check
+        if args.ratios:
+            raise ConfigError(f"--ratios fixes channel widths; method {args.method!r} decomposes layers: drop --ratios")
+        return budget, args.method, check(args.method, _options(args.option))
     recipe, options = resolve(args.method), _options(args.option)
     if args.search_budget is not None:  # a searching allocator's (acp); any other method refuses it by name
         options.setdefault("search_budget", args.search_budget)
@@ -267,6 +274,8 @@ def _compress_text(s: dict, out: Path) -> str:
     if "accuracy_finetuned" in s:
         lines.append(f"accuracy after {len(s['finetune']['epochs'])} fine-tuning epochs with distillation: "
                      f"{s['accuracy_finetuned']:.2f}%")
+    if "latency" in s:
+        lines += ["", _latency_text(s["latency"])]
     if "auto" in s:
         lines += ["", _leaderboard_text(s["auto"])]
     lines.append(f"method {s['method']['name']} ({s['method']['criterion']} + {s['method']['allocator']}), "
@@ -378,13 +387,47 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    """Effective-filter analysis (prunekit.analysis): how far each Unit can shrink before the loss notices."""
+    from .analysis import analyze
+    if not args.dataset:
+        raise ConfigError("prunekit analyze needs labelled training data: pass --dataset NAME")
+    if args.report:
+        if Path(args.report).is_dir():
+            raise ConfigError(f"--report {args.report!r} is a directory; give a file name such as analysis.html")
+        io.check_writable(str(Path(args.report).absolute().parent))
+    model, x = _build(args)
+    _log(f"analyzing {args.model} on {args.samples} training images ...")
+    result = analyze(model, x, _data(args, "train"), samples=args.samples, batch_size=args.batch_size, seed=args.seed,
+                     rank=args.rank, tol=args.tol, energy=args.energy,
+                     ignore=[s for s in (args.ignore or "").split(",") if s], min_width=args.min_width,
+                     round_to=args.round_to)
+    obj = {"model": args.model, "checkpoint": args.checkpoint, "dataset": args.dataset, **result.to_dict(),
+           "total": result.total_line()}
+    rows = [["unit", "width", "eff. rank", "R", "removable %", "s_min/s_1"]] + [
+        [u.name, str(u.width), str(u.rank), str(u.removable_legal), f"{100 * u.removable_legal / u.width:.0f}",
+         f"{u.spectrum[-1]:.2g}" if u.spectrum else "-"] for u in result.units]
+    rule = f"energy {args.energy}" if args.rank == "energy" else f"relative tol {args.tol}"
+    text = (f"{args.model}: per-sample mask gradients of {result.samples} training images, effective rank by {rule}\n"
+            + _table(rows) + "\n" + result.total_line())
+    if args.report:
+        from .report.page import render
+        summary = {"model": args.model, "dataset": args.dataset, "efa": obj}
+        io.ensure_dir(Path(args.report).absolute().parent)
+        io.write_text(Path(args.report), render(summary, None, None).encode("ascii", "xmlcharrefreplace").decode())
+        text += f"\nreport: {args.report}"
+    _emit(args, obj, text)
+    return 0
+
+
 def cmd_methods(args) -> int:
-    from .methods import AUTO, PRESETS, list_methods
+    from .methods import AUTO, LOWRANK, PRESETS, list_methods
     obj = list_methods()
     lines = ["methods (criterion + allocator):"]
     lines += [f"  {m.name:12s} {m.criterion} + {m.allocator}: {m.description}"
-              for m in map(PRESETS.get, (n for n in obj["methods"] if n != AUTO.name))]
+              for m in map(PRESETS.get, (n for n in obj["methods"] if n in PRESETS))]
     lines += [f"  {AUTO.name:12s} {AUTO.description}"]
+    lines += [f"  {m.name:12s} {m.description}" for m in LOWRANK.values()]
     lines += ["", "criteria: " + ", ".join(obj["criteria"]), "allocators: " + ", ".join(obj["allocators"]),
               "", "combine any criterion with any allocator: --method taylor+uniform"]
     _emit(args, obj, "\n".join(lines))
@@ -424,6 +467,70 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _latency_options(args, budget) -> dict | None:
+    """Latency settings for compress: measured only for a speedup/latency_ms budget, --snap or --threads."""
+    if not (budget.needs_latency or args.snap or args.threads is not None):
+        return None
+    from .latency import LatencyConfig
+    options = {"batch": args.latency_batch, "samples": args.latency_samples, "snap": args.snap}
+    if args.threads is not None:
+        options["threads"] = args.threads
+    LatencyConfig.of(options)  # checked before any work
+    return options
+
+
+def _latency_text(lat: dict) -> str:
+    rows = [["latency (ms)", "batch", "dense", "pruned", "speed-up", "source"]]
+    for source in ("predicted", "measured"):
+        for b, r in lat.get(source, {}).items():
+            rows.append(["", b, f"{r['dense_ms']:.3f}", f"{r['pruned_ms']:.3f}", f"{r['speedup']:.2f}x", source])
+    target = f"target {lat['target_ms']:.3f} ms at batch {lat['batch']}, " if lat.get("target_ms") else ""
+    note = f"{target}{lat['threads']} threads on {lat['device']}"
+    if lat.get("snapped"):
+        note += f"; snapped {len(lat['snapped'])} Units to latency stair ends"
+    return _table(rows) + "\n" + note
+
+
+def cmd_bench_latency(args) -> int:
+    """Time a saved run (and optionally its dense model and ONNX export) at the given batches."""
+    from .latency.bench import bench, parse_batches, temporary_dir
+    from .models import create_model
+    batches = parse_batches(args.batches)
+    if args.threads < 1 or args.seconds <= 0:
+        raise ConfigError("--threads must be >= 1 and --seconds > 0")
+    run = Path(args.run_dir)
+    if not (run / io.PLAN).is_file():
+        raise ConfigError(f"{str(run)!r} has no {io.PLAN}; pass a directory written by prunekit compress")
+    summary = json.loads((run / io.SUMMARY).read_text()) if (run / io.SUMMARY).is_file() else {}
+    name = args.model or summary.get("model")
+    if not name:
+        raise ConfigError("the run records no model name: pass --model")
+    from .plan import Plan
+    shape = Plan.read(run / io.PLAN).input_shape
+    if len(shape) < 2:
+        raise ConfigError("the run's plan records no input shape")
+    classes = args.num_classes
+    if classes is None and summary.get("dataset"):
+        from .data import dataset_info
+        classes = dataset_info(summary["dataset"]).get("num_classes")
+    x = torch.zeros(*shape)
+    dense = create_model(name, in_channels=args.in_channels or shape[1], num_classes=classes or 10).eval()
+    model = io.load(run, create_model(name, in_channels=args.in_channels or shape[1], num_classes=classes or 10), x)
+    if args.dense:
+        if not args.checkpoint:
+            raise ConfigError("--dense needs the dense weights: pass --checkpoint")
+        io.load_weights(dense, args.checkpoint)
+    onnx = (run / "model.onnx" if (run / "model.onnx").is_file() else temporary_dir()) if args.onnx else None
+    obj = bench(model.eval(), x, batches, args.threads, args.seconds, onnx, dense if args.dense else None)
+    rows = [["batch", "torch ms", *(["dense ms", "speed-up"] if args.dense else []),
+             *(["onnxruntime ms"] if args.onnx else [])]]
+    for b, r in obj["batches"].items():
+        rows.append([b, f"{r['torch_ms']:.3f}", *([f"{r['dense_torch_ms']:.3f}", f"{r['speedup']:.2f}x"] if args.dense else []),
+                     *([f"{r['onnxruntime_ms']:.3f}"] if args.onnx else [])])
+    _emit(args, obj, _table(rows) + f"\n{args.threads} threads, median of blocked_autorange({args.seconds:g} s)")
+    return 0
+
+
 def cmd_report(args) -> int:
     path = _write_report(Path(args.run_dir), args.out)
     _emit(args, {"report": str(path)}, f"report written to {path}")
@@ -450,6 +557,12 @@ def parser() -> argparse.ArgumentParser:
     _finetune_args(c)
     c.add_argument("--resume", action="store_true", help="continue the fine-tuning checkpointed in --out")
     c.add_argument("--device", help="fine-tuning device, e.g. cpu or cuda (default: cuda when available)")
+    c.add_argument("--threads", type=int, help="CPU threads latency is measured with (speedup/latency_ms budgets, "
+                                               "--snap; default: torch's)")
+    c.add_argument("--latency-batch", type=int, default=1, help="batch size a speedup/latency_ms budget refers to "
+                                                                "(batch 1 is reported too)")
+    c.add_argument("--latency-samples", type=int, default=4, help="sampled widths per channel dim of each layer table")
+    c.add_argument("--snap", action="store_true", help="snap each Unit to the end of its measured latency staircase")
     c.set_defaults(func=cmd_compress)
 
     w = sub.add_parser("sweep", help="prune to several MACs budgets in one run (shared calibration)")
@@ -475,6 +588,21 @@ def parser() -> argparse.ArgumentParser:
     _model_args(i)
     i.set_defaults(func=cmd_info)
 
+    a = sub.add_parser("analyze", help="effective-filter analysis: how many channels each unit can lose (needs data)")
+    _model_args(a)
+    a.add_argument("--samples", type=int, default=1024, help="training images whose per-sample gradients are used")
+    a.add_argument("--batch-size", type=int, default=128)
+    a.add_argument("--seed", type=int, default=0, help="which training images are drawn")
+    a.add_argument("--rank", choices=["energy", "relative"], default="energy",
+                   help="effective rank: fewest singular values holding --energy of sum s^2, or #{s > tol s_1}")
+    a.add_argument("--energy", type=float, default=0.99)
+    a.add_argument("--tol", type=float, default=1e-3)
+    a.add_argument("--ignore", help="comma-separated layer names never to prune")
+    a.add_argument("--min-width", type=float, default=0.05, help="smallest kept fraction of any unit")
+    a.add_argument("--round-to", type=int, default=1, help="keep widths multiples of this")
+    a.add_argument("--report", help="also write an HTML page with the singular-value spectra to this file")
+    a.set_defaults(func=cmd_analyze)
+
     m = sub.add_parser("methods", help="list methods, criteria and allocators")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_methods)
@@ -496,6 +624,21 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=["onnx", "torchscript"], required=True)
     x.add_argument("--out", required=True)
     x.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench-latency", help="time a saved run with torch.utils.benchmark and (--onnx) onnxruntime")
+    b.add_argument("run_dir", metavar="MODEL_DIR", help="an --out directory of prunekit compress")
+    b.add_argument("--model", help="built-in name (default: the one recorded in the run's summary.json)")
+    b.add_argument("--in-channels", type=int)
+    b.add_argument("--num-classes", type=int)
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--batches", default="1,64", help="comma-separated batch sizes")
+    b.add_argument("--seconds", type=float, default=1.0, help="blocked_autorange(min_run_time=...) per measurement")
+    b.add_argument("--dense", action="store_true", help="also time the dense model (--checkpoint) and the speed-up")
+    b.add_argument("--checkpoint", help="the dense weights, for --dense")
+    b.add_argument("--onnx", action="store_true", help="also time the model exported to ONNX with onnxruntime "
+                                                       "(MODEL_DIR/model.onnx if present, else exported to a temp dir)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_latency)
 
     r = sub.add_parser("report", help="write the self-contained HTML report of a compress or sweep output directory")
     r.add_argument("run_dir", metavar="RUN_DIR", help="an --out directory of prunekit compress or prunekit sweep")

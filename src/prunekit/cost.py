@@ -38,6 +38,13 @@ class Polynomial:
         w = np.asarray(w, dtype=np.float64)
         return self.a + 2.0 * (self.Q @ w)
 
+    def tensor(self, w: torch.Tensor) -> torch.Tensor:
+        """The same polynomial on a tensor of (soft) widths, differentiable by autograd, so a method
+        that trains toward a budget (dagger) uses the very polynomial the hard budget is checked with."""
+        a = torch.as_tensor(self.a, dtype=w.dtype, device=w.device)
+        Q = torch.as_tensor(self.Q, dtype=w.dtype, device=w.device)
+        return self.c + a @ w + w @ Q @ w
+
     def step_deltas(self, w, step) -> np.ndarray:
         """Cost change of adding ``step[i]`` channels to Unit i alone, for every i at once."""
         w = np.asarray(w, dtype=np.float64)
@@ -72,6 +79,8 @@ def _positions(model: nn.Module, example_inputs) -> dict[str, int]:
 
 class CostModel:
     """``macs`` and ``params`` polynomials for a UnitGraph, exact for conv + linear MACs."""
+
+    latency = None  # a prunekit.latency.LatencyCost once attached (a "latency" target then works everywhere)
 
     def __init__(self, graph: UnitGraph):
         self.graph = graph
@@ -144,7 +153,10 @@ class CostModel:
 
     def evaluate(self, widths: dict[str, int] | None = None) -> dict[str, float]:
         w = self.dense_widths if widths is None else self.vector(widths)
-        return {"macs": self.macs(w), "params": self.params(w)}
+        out = {"macs": self.macs(w), "params": self.params(w)}
+        if self.latency is not None:
+            out["latency"] = self.latency(w)
+        return out
 
     def layer_costs(self, widths: dict[str, int] | None = None) -> dict[str, dict]:
         """MACs and parameters of every layer that owns parameters (a conv, linear, BatchNorm...), at
@@ -156,6 +168,13 @@ class CostModel:
             out[layer] = {"type": self._types.get(layer, "Parameter"),
                           "macs": _value(macs, w), "params": _value(terms, w)}
         return out
+
+    def factorized(self, factors, widths: dict[str, int] | None = None, ranks: dict[str, int] | None = None) -> dict:
+        """MACs and parameters at ``widths`` with the layers of ``factors`` (prunekit.lowrank Factors)
+        replaced by their low-rank factorizations (at ``ranks`` when given): a rank is one more width,
+        and the factorized terms live in ``prunekit.lowrank.cost``."""
+        from .lowrank.cost import factorized_cost
+        return factorized_cost(self, factors, widths, ranks)
 
 
 def _assemble(per_param, n: int) -> Polynomial:

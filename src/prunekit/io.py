@@ -96,6 +96,9 @@ def load(directory: str | Path, model: nn.Module, example_inputs=None) -> nn.Mod
             raise ConfigError("this plan was made with non-tensor inputs: pass example_inputs to load()")
         example_inputs = torch.zeros(plan.input_shape)
     plan.apply(UnitGraph(model, example_inputs))
+    if plan.extras.get("lowrank"):  # decomposed layers are re-created before their weights are loaded
+        from .lowrank.plan import restructure
+        restructure(model, plan.extras["lowrank"])
     load_weights(model, d / WEIGHTS)
     return model
 

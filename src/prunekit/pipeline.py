@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
@@ -18,7 +17,7 @@ from .cost import CostModel, check_costs, count, dry_run
 from .criteria import CRITERIA
 from .errors import BudgetError, ConfigError, PrunekitError
 from .graph import UnitGraph
-from .methods import AUTO, Method, resolve
+from .methods import AUTO, Method, is_lowrank, resolve
 from .plan import Plan
 from .signals import Signals
 
@@ -74,6 +73,7 @@ def compress(
     options: Mapping[str, object] | None = None,
     progress: bool = False,
     bn_batches: int = 20,
+    latency: Mapping | None = None,
 ) -> Result:
     """Prune a copy of ``model`` to ``budget``; the input model is left untouched.
 
@@ -81,6 +81,8 @@ def compress(
     go to the criterion or allocator that takes them (e.g. ``{"beta": 500}`` for itpruner).
     With ``data``, the pruned model's BatchNorm statistics are re-estimated on ``bn_batches``
     training batches (0: keep the dense model's, which leave a pruned model near chance).
+    ``latency``: how latency is measured (``prunekit.latency.LatencyConfig`` options: threads, batch,
+    snap, ...); a speedup/latency_ms budget measures with the defaults when it is None.
     """
     budget = as_budget(budget)
     check_bn_batches(bn_batches)
@@ -89,12 +91,21 @@ def compress(
         return auto(model, example_inputs, budget, data, seed, ignore=ignore, min_width=min_width, round_to=round_to,
                     calibration_batches=calibration_batches, calibration_batch_size=calibration_batch_size,
                     bn_batches=bn_batches, progress=progress, **auto_options(options))
+    if is_lowrank(method):  # decompositions, alone or after channel pruning ("l1+global,svd"): prunekit.lowrank
+        from .lowrank.method import compress_lowrank
+        return compress_lowrank(model, example_inputs, budget, method, data, seed, ignore=ignore, min_width=min_width,
+                                round_to=round_to, calibration_batches=calibration_batches,
+                                calibration_batch_size=calibration_batch_size, options=options, progress=progress,
+                                bn_batches=bn_batches)
     prepared = prepare(model, example_inputs, method, ignore=ignore, min_width=min_width, round_to=round_to,
-                       options=options)
+                       options=options, latency=latency)
     targets = prepared.targets(budget)
     prepared.score(data, seed, calibration_batches, calibration_batch_size, progress)
     result = prepared.prune(budget, targets, seed)
     reestimate_batchnorm(result, data, bn_batches, seed)
+    if prepared.latency is not None and prepared.latency.measure:  # measured next to the prediction
+        from .latency import measure_result
+        measure_result(result, model, example_inputs, prepared.latency)
     return result
 
 
@@ -141,9 +152,13 @@ class Prepared:
     signals: Signals | None = None
     scores: dict | None = None
     rng_state: torch.Tensor | None = None
+    latency: object | None = None  # prunekit.latency.LatencyConfig once latency tables are attached
 
     def targets(self, budget: Budget) -> dict:
         """Absolute targets of ``budget``; refused before any calibration work if no model meets them."""
+        if budget.needs_latency and self.cost.latency is None:
+            from .latency import attach
+            attach(self)
         targets = budget.targets(self.dense)
         budget.check_feasible(targets, self.smallest, self.dense)
         return targets
@@ -172,6 +187,10 @@ class Prepared:
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(self.rng_state)
             widths = self.allocator(self.graph, self.cost, targets, self.scores, self.signals, seed, **self.options[1])
+        snapped = None
+        if self.latency is not None and self.latency.snap:  # hardware-friendly widths (prunekit.latency.snap)
+            from .latency import snap_widths
+            widths, snapped = snap_widths(self.graph, self.cost, targets, widths)
         t_alloc = time.perf_counter()
         shape = list(self.example_inputs.shape) if isinstance(self.example_inputs, torch.Tensor) else []
         plan = Plan.from_widths(self.graph, widths, self.scores, method=self.recipe.name, budget=budget.describe(),
@@ -184,15 +203,20 @@ class Prepared:
         summary["method"] = {"name": self.recipe.name, "criterion": self.recipe.criterion,
                              "allocator": self.recipe.allocator}
         summary["budget"] = budget.describe()
+        if self.cost.latency is not None:
+            from .latency import predicted
+            summary["latency"] = {**predicted(self.cost, plan.widths, targets), "snapped": snapped}
         summary["signals"] = self.signals.record
         summary["seconds"] = {**self.seconds, "allocation": t_alloc - t0, "copy": t_copy - t_alloc,
                               "surgery": t_apply - t_copy}
+        # phases an allocator timed inside its allocation (dagger: gate_training), shown beside them
+        summary["seconds"].update(self.signals.record.get("seconds") or {})
         summary["seconds"]["total"] = self.seconds["graph"] + self.seconds["criterion"] + time.perf_counter() - t0
         return Result(graph.model, plan, summary)
 
 
 def prepare(model: nn.Module, example_inputs, method: str = "l1", *, ignore=(), min_width: float = 0.05,
-            round_to: int = 1, options: Mapping[str, object] | None = None) -> Prepared:
+            round_to: int = 1, options: Mapping[str, object] | None = None, latency=None) -> Prepared:
     """Resolve the method and build the UnitGraph and CostModel of a copy of ``model``; then, before
     any data is read, check that the cost model measures the dense model exactly and that a trial
     surgery with random keep-sets works, so an unsupported model is refused in seconds."""
@@ -211,8 +235,14 @@ def prepare(model: nn.Module, example_inputs, method: str = "l1", *, ignore=(), 
     dry_run(model, example_inputs, cost, **graph_options)
     dense = cost.evaluate()
     smallest = cost.evaluate({u.name: u.min_keep for u in graph.units})
-    return Prepared(model, example_inputs, graph, cost, dense, smallest, recipe, criterion, allocator, split,
-                    graph_options, {"graph": time.perf_counter() - t0})
+    prepared = Prepared(model, example_inputs, graph, cost, dense, smallest, recipe, criterion, allocator, split,
+                        graph_options, {"graph": time.perf_counter() - t0})
+    if latency is not None:  # measured (or read from the cache) while the graph is dense
+        from .latency import attach
+        t1 = time.perf_counter()
+        attach(prepared, latency)
+        prepared.seconds["latency_tables"] = time.perf_counter() - t1
+    return prepared
 
 
 def verify(model: nn.Module, example_inputs, cost: CostModel, plan: Plan, targets: dict, dense: dict) -> dict:
@@ -224,6 +254,8 @@ def verify(model: nn.Module, example_inputs, cost: CostModel, plan: Plan, target
             f"cost model predicted {predicted['macs']:.0f} MACs / {predicted['params']:.0f} params but the pruned model "
             f"has {macs} / {params}; please report this model")
     measured = {"macs": macs, "params": params}
+    if "latency" in targets:  # predicted by the tables: a timing is never exact (measured ones: summary["latency"])
+        measured["latency"] = cost.latency(cost.vector(plan.widths))
     if not meets(measured, targets):
         raise VerificationError(f"pruned model {measured} is above the budget {targets}; please report this model")
     binding = min(targets, key=lambda k: (targets[k] - measured[k]) / targets[k])

@@ -116,4 +116,7 @@ def _invalid(d) -> str | None:
             return f"keep of {name!r} must list exactly {w} channels"
         if not all(_is_int(i) and 0 <= i < full for i in k) or len(set(k)) != len(k):
             return f"keep of {name!r} must be distinct channel indices in [0, {full})"
+    if "lowrank" in d.get("extras", {}):  # decomposed layers (prunekit.lowrank.plan)
+        from .lowrank.plan import invalid
+        return invalid(d["extras"]["lowrank"])
     return None

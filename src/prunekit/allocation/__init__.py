@@ -10,6 +10,7 @@ from ..registry import Registry
 ALLOCATORS = Registry("allocator")
 register_allocator = ALLOCATORS.register
 
-from . import uniform, global_threshold, itpruner, ratios, acp  # noqa: E402,F401  (registration)
+from . import uniform, global_threshold, itpruner, ratios, acp, dagger  # noqa: E402,F401  (registration)
+from . import efa, fisher_iterative, global_raw  # noqa: E402,F401  (issue 16: effective filters, Group Fisher)
 
 __all__ = ["ALLOCATORS", "register_allocator"]

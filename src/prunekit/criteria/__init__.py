@@ -11,5 +11,6 @@ CRITERIA = Registry("criterion")
 register_criterion = CRITERIA.register
 
 from . import magnitude, random, bn_scale, taylor, chip  # noqa: E402,F401  (registration)
+from . import fisher  # noqa: E402,F401  (issue 16: Group Fisher)
 
 __all__ = ["CRITERIA", "register_criterion"]

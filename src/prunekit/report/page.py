@@ -13,6 +13,7 @@ from numbers import Real
 
 from .. import __version__
 from . import charts
+from .dagger import dagger_section
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1d2330;margin:0;background:#f6f7f9}
@@ -318,7 +319,10 @@ def timing_section(s: dict) -> str:
 def render(summary: dict | None, sweep: dict | None, plan: dict | None) -> str:
     """The whole page for a run directory's summary.json, sweep.json and plan.json (any may be None)."""
     s = summary or {}
-    sections = [budget_section(s), auto_section(s), units_section(s), layers_section(s), search_section(s),
+    from .spectra import efa_section  # it uses this module's helpers
+    from .latency_page import latency_section
+    sections = [budget_section(s), latency_section(s), auto_section(s), units_section(s), layers_section(s), search_section(s),
+                dagger_section(s), efa_section(s),
                 signals_section(s), finetune_section(s), sweep_section(sweep) if sweep else "", timing_section(s)]
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

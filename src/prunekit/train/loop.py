@@ -73,14 +73,16 @@ def _check_teacher(model: nn.Module, teacher: nn.Module, data: Dataset) -> None:
 
 def fit(model: nn.Module, data: Dataset, recipe: Recipe, eval_data: Dataset | None = None,
         teacher: nn.Module | None = None, log: str | Path | None = None, progress: bool = True,
-        checkpoint: str | Path | None = None, resume: bool = False, device: str | torch.device | None = None
-        ) -> list[dict]:
+        checkpoint: str | Path | None = None, resume: bool = False, device: str | torch.device | None = None,
+        step_hook=None) -> list[dict]:
     """Train ``model`` in place; returns one dict per epoch (loss, train/eval accuracy, seconds, images/s).
 
     The same seed, data and recipe give the same weights. ``checkpoint`` is rewritten after every
     epoch; with ``resume`` a run continues from it. ``log`` receives the history as JSON lines.
     Launched by ``torchrun`` or ``accelerate launch``, every process trains its slice of each batch
     (Accelerate wraps the model in DDP); only the main process evaluates and writes.
+    ``step_hook`` (optional) is called with the global step number as ``before_forward(step)`` and,
+    after the gradients are in, ``before_step(step)`` (TRP's truncation and nuclear-norm subgradient).
     """
     accelerator = _accelerator(device, model)
     device = accelerator.device
@@ -100,7 +102,8 @@ def fit(model: nn.Module, data: Dataset, recipe: Recipe, eval_data: Dataset | No
         batches = epoch_batches(data, recipe.batch_size, recipe.seed, epoch, steps, device,
                                 accelerator.process_index, accelerator.num_processes, recipe.num_workers)
         row = _epoch(trained, batches, steps, optimizer, scheduler, recipe, teacher, accelerator,
-                     desc=f"epoch {epoch + 1}/{recipe.epochs}", progress=progress)
+                     desc=f"epoch {epoch + 1}/{recipe.epochs}", progress=progress, step_hook=step_hook,
+                     first_step=epoch * steps)
         row["epoch"] = epoch + 1
         if eval_data is not None and accelerator.is_main_process:
             row["eval_acc"] = evaluate(model, eval_data)
@@ -138,7 +141,8 @@ def _write_log(path: str | Path, history: list[dict]) -> None:
     write_text(path, "".join(json.dumps(row) + "\n" for row in history))
 
 
-def _epoch(model, batches, steps, optimizer, scheduler, recipe, teacher, accelerator, desc, progress) -> dict:
+def _epoch(model, batches, steps, optimizer, scheduler, recipe, teacher, accelerator, desc, progress,
+           step_hook=None, first_step: int = 0) -> dict:
     model.train()
     device = accelerator.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16 and device.type == "cuda")
@@ -147,6 +151,8 @@ def _epoch(model, batches, steps, optimizer, scheduler, recipe, teacher, acceler
     bar = tqdm(total=steps, desc=desc, disable=not (progress and accelerator.is_main_process), leave=False, unit="step")
     for step, (x, y) in enumerate(batches):
         x = x.contiguous(memory_format=_memory_format(recipe, device))
+        if step_hook is not None:
+            step_hook.before_forward(first_step + step)
         with autocast:
             logits = model(x)
             if teacher is not None:
@@ -157,6 +163,8 @@ def _epoch(model, batches, steps, optimizer, scheduler, recipe, teacher, acceler
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
+        if step_hook is not None:
+            step_hook.before_step(first_step + step)
         optimizer.step()
         scheduler.step()
         totals += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),

@@ -1,0 +1,169 @@
+"""Latency as a function of the Units' widths: per-layer tables, interpolated, plus a fixed residual.
+
+Each conv/linear layer's weight dims are linear forms in the widths (the same forms the CostModel
+expands). Its latency is measured on a grid of ``samples`` values of each dim that varies, from
+the dims at every Unit's minimum width to the dense dims, made monotone (a running maximum along
+both dims: the allocators assume that removing channels never costs time; the real staircase is
+left to ``snap``, which reads raw measurements), and interpolated bilinearly, so the prediction is
+exact at sampled points and monotone between them. The model's latency is the layers' sum plus a
+residual: the dense model measured whole minus the layers' sum at dense (pooling, residual adds,
+functional activations, Python overhead), a constant. If the layers measured alone add up to more
+than the whole model, the layers are scaled down to it instead (residual 0).
+
+``LatencyCost`` has the Polynomial interface the allocators use (``__call__``, ``grad``,
+``step_deltas``), so a "latency" target works with every allocator and with ``fit``'s repair.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..graph import UnitGraph
+from .measure import LatencyConfig, LayerSpec, layer_ms, layer_specs, model_ms
+
+
+def interp2(xs: np.ndarray, ys: np.ndarray, V: np.ndarray, x: float, y: float) -> tuple[float, float, float]:
+    """Bilinear interpolation of V on the grid xs x ys at (x, y), linear beyond the ends; a grid of one
+    point along a dim is constant along it. Returns (value, d/dx, d/dy)."""
+    def locate(g, t):
+        if len(g) == 1:
+            return 0, 0, 0.0, 0.0
+        i = int(np.clip(np.searchsorted(g, t, side="right"), 1, len(g) - 1))
+        h = float(g[i] - g[i - 1])
+        return i - 1, i, (t - g[i - 1]) / h, 1.0 / h
+
+    i0, i1, tx, hx = locate(xs, x)
+    j0, j1, ty, hy = locate(ys, y)
+    a, b, c, d = V[i0, j0], V[i0, j1], V[i1, j0], V[i1, j1]
+    value = (1 - tx) * ((1 - ty) * a + ty * b) + tx * ((1 - ty) * c + ty * d)
+    dx = hx * ((1 - ty) * (c - a) + ty * (d - b))
+    dy = hy * ((1 - tx) * (b - a) + tx * (d - c))
+    return float(value), float(dx), float(dy)
+
+
+@dataclass
+class LayerTable:
+    """One layer: dims = const + sum_k m_k w_k (out, in), the sampled grid and its latencies (ms)."""
+
+    name: str
+    spec: LayerSpec
+    out_form: tuple[float, dict[int, float]]
+    in_form: tuple[float, dict[int, float]]
+    xs: np.ndarray  # sampled out dims
+    ys: np.ndarray  # sampled in dims
+    V: np.ndarray  # ms, monotone along both dims
+
+    @property
+    def units(self) -> set[int]:
+        return set(self.out_form[1]) | set(self.in_form[1])
+
+    def dims(self, w: np.ndarray) -> tuple[float, float]:
+        return tuple(c + sum(m * w[k] for k, m in form.items()) for c, form in (self.out_form, self.in_form))
+
+    def at(self, w: np.ndarray) -> tuple[float, float, float]:
+        return interp2(self.xs, self.ys, self.V, *self.dims(w))
+
+
+class LatencyCost:
+    """Predicted milliseconds of one forward at ``batch``: residual + scale * sum of the layer tables."""
+
+    def __init__(self, layers: list[LayerTable], n_units: int, residual: float, scale: float, batch: int,
+                 dense_ms: float, config: LatencyConfig, device: str):
+        self.layers, self.n, self.residual, self.scale = layers, n_units, residual, scale
+        self.batch, self.dense_ms, self.config, self.device = batch, dense_ms, config, device
+        self.by_unit: dict[int, list[LayerTable]] = defaultdict(list)
+        for layer in layers:
+            for k in layer.units:
+                self.by_unit[k].append(layer)
+
+    def __call__(self, w) -> float:
+        w = np.asarray(w, dtype=np.float64)
+        return self.residual + self.scale * sum(layer.at(w)[0] for layer in self.layers)
+
+    def grad(self, w) -> np.ndarray:
+        w = np.asarray(w, dtype=np.float64)
+        g = np.zeros(self.n)
+        for layer in self.layers:
+            _, dx, dy = layer.at(w)
+            for (_, form), d in ((layer.out_form, dx), (layer.in_form, dy)):
+                for k, m in form.items():
+                    g[k] += self.scale * d * m
+        return g
+
+    def step_deltas(self, w, step) -> np.ndarray:
+        """Latency change of adding ``step[i]`` channels to Unit i alone, for every i."""
+        w = np.asarray(w, dtype=np.float64)
+        s = np.asarray(step, dtype=np.float64)
+        out = np.zeros(self.n)
+        for k, layers in self.by_unit.items():
+            moved = w.copy()
+            moved[k] += s[k]
+            out[k] = self.scale * sum(layer.at(moved)[0] - layer.at(w)[0] for layer in layers)
+        return out
+
+    def fixed_ms(self) -> float:
+        """What no width changes: the residual and every layer no Unit touches."""
+        w = np.zeros(self.n)
+        return self.residual + self.scale * sum(layer.at(w)[0] for layer in self.layers if not layer.units)
+
+    def describe(self) -> dict:
+        return {"batch": self.batch, "threads": self.config.threads, "device": self.device,
+                "dense_measured_ms": self.dense_ms, "residual_ms": self.residual, "scale": self.scale,
+                "layers": len(self.layers), "samples": self.config.samples}
+
+
+def forms(graph: UnitGraph) -> dict[tuple[str, int], dict[int, float]]:
+    """(param, dim) -> {unit index: positions per channel}, as the CostModel builds them."""
+    out: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
+    for k, unit in enumerate(graph.units):
+        for s in unit.slices:
+            out[(s.param, s.dim)][k] = len(torch.unique(s.index)) / unit.width
+    return out
+
+
+def _form(f: dict[int, float], size: int, dense: np.ndarray) -> tuple[float, dict[int, float]]:
+    return float(size - sum(m * dense[k] for k, m in f.items())), dict(f)
+
+
+def _samples(lo: float, hi: float, n: int, quantum: int) -> np.ndarray:
+    pts = np.unique(np.round(np.linspace(lo, hi, n) / quantum) * quantum)
+    pts = np.clip(pts, max(quantum, np.ceil(lo / quantum) * quantum), hi)
+    return np.unique(np.concatenate([pts, [hi]])).astype(np.float64)
+
+
+def build(graph: UnitGraph, config: LatencyConfig, batch: int, store) -> LatencyCost:
+    """Measure (or read from ``store``) every layer's table and the dense model at ``batch``. The graph's
+    model must still be dense."""
+    model, x = graph.model, graph.example_inputs
+    dense = np.array([u.width for u in graph.units], dtype=np.float64)
+    lo = np.array([u.min_keep for u in graph.units], dtype=np.float64)
+    f = forms(graph)
+    layers = []
+    for spec in layer_specs(model, x):
+        shape = spec.module.weight.shape
+        out_form = _form(f.get((f"{spec.name}.weight", 0), {}), shape[0], dense)
+        in_form = _form(f.get((f"{spec.name}.weight", 1), {}), shape[1], dense)
+        table = LayerTable(spec.name, spec, out_form, in_form, np.zeros(0), np.zeros(0), np.zeros((0, 0)))
+        (out_lo, in_lo), (out_hi, in_hi) = table.dims(lo), table.dims(dense)
+        table.xs = _samples(out_lo, out_hi, config.samples, spec.quantum()) if out_form[1] else np.array([out_hi])
+        table.ys = _samples(in_lo, in_hi, config.samples, 1) if in_form[1] else np.array([in_hi])
+        V = np.array([[layer_ms(spec, a, b, batch, config, store) for b in table.ys] for a in table.xs])
+        table.V = np.maximum.accumulate(np.maximum.accumulate(V, axis=0), axis=1)
+        layers.append(table)
+    signature = hashlib.sha256("\n".join(f"{t.name}:{t.spec.key}:{tuple(t.spec.module.weight.shape)}"
+                                         for t in layers).encode()).hexdigest()[:16]
+    key = f"model|{type(model).__name__}|{tuple(x.shape[1:])}|{signature}|b{batch}|t{config.model_run_time:g}"
+    whole = store.get(key)
+    if whole is None:
+        whole = model_ms(model, x, batch, config)
+        store.put(key, whole)
+    store.save()
+    parts = sum(t.at(dense)[0] for t in layers)
+    residual, scale = whole - parts, 1.0
+    if residual < 0:
+        residual, scale = 0.0, whole / parts
+    return LatencyCost(layers, len(dense), residual, scale, batch, whole, config, store.device)

@@ -1,0 +1,233 @@
+"""Latency budgets (prunekit.latency): cache reuse, feasibility, interpolation, parsing, allocators,
+snapping and the CLI. Timings are replaced by a deterministic counter (MACs of the timed call), so
+nothing here asserts a timing."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.utils.flop_counter import FlopCounterMode
+
+import prunekit
+from prunekit import Budget, BudgetError, ConfigError, compress
+from prunekit.cli import main
+from prunekit.latency import LatencyConfig, interp2, measure, snap as snap_module
+from prunekit.models import create_model
+from prunekit.pipeline import prepare
+
+X = torch.zeros(1, 1, 8, 8)
+FAST = {"samples": 3, "min_run_time": 0.001, "model_run_time": 0.001, "batch": 2}
+
+
+class FakeTimer:
+    """Stands in for time_callable: counts calls and returns 1e-6 ms per MAC of one call plus 1 us."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, fn, threads, min_run_time, device="cpu"):
+        self.calls += 1
+        with FlopCounterMode(display=False) as fc:
+            fn()
+        return fc.get_total_flops() / 2 * 1e-6 + 1e-3
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")  # shared: later tests read the tables earlier ones measured
+
+
+@pytest.fixture
+def timer(monkeypatch, cache):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(cache))
+    fake = FakeTimer()
+    monkeypatch.setattr(measure, "time_callable", fake)
+    return fake
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_model("resnet20", in_channels=1).eval()
+
+
+@pytest.fixture(scope="module")
+def prepared(model, cache):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRUNEKIT_CACHE", str(cache))
+        mp.setattr(measure, "time_callable", FakeTimer())
+        return prepare(model, X, "l1", latency=FAST)
+
+
+def test_second_call_reuses_the_cached_table(timer, prepared, monkeypatch, tmp_path):
+    from prunekit.latency import attach
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))  # empty cache: measured once, then read back
+    first = attach(prepared, FAST) and prepared.cost.latency
+    n = timer.calls
+    assert n > 0 and list((tmp_path / "latency").glob("*threads*.json"))
+    attach(prepared, FAST)
+    assert timer.calls == n  # every layer point and the whole-model timing came from disk
+    w = prepared.cost.dense_widths * 0.6
+    assert first(w) == prepared.cost.latency(w)
+    attach(prepared, {**FAST, "threads": 3})  # another thread count is another table
+    assert timer.calls > n
+    attach(prepared, FAST)
+
+
+def test_unreachable_speedup_is_one_line(timer, prepared):
+    with pytest.raises(BudgetError) as e:
+        prepared.targets(Budget(speedup=1000))  # what compress runs first, before any calibration
+    msg = str(e.value)
+    assert "\n" not in msg and "speedup=1000" in msg and "at most speedup=" in msg
+
+
+def test_fixed_parts_bound_the_speedup(timer, prepared):
+    p = prepared
+    most = p.dense["latency"] / p.smallest["latency"]
+    assert p.targets(Budget(speedup=most * 0.99))["latency"] >= p.smallest["latency"]
+    with pytest.raises(BudgetError):
+        p.targets(Budget(speedup=most * 1.01))
+
+
+def test_table_is_exact_at_sampled_points(timer, prepared):
+    p = prepared
+    lat = p.cost.latency
+    for layer in lat.layers:
+        assert 1 <= len(layer.xs) <= 4 and 1 <= len(layer.ys) <= 4
+        for i, a in enumerate(layer.xs):
+            for j, b in enumerate(layer.ys):
+                assert interp2(layer.xs, layer.ys, layer.V, a, b)[0] == pytest.approx(layer.V[i, j], rel=1e-12)
+                direct = measure.layer_ms(layer.spec, a, b, lat.batch, lat.config, lat.store)  # from the cache
+                assert layer.V[i, j] >= direct - 1e-12  # V is the running max of the raw points
+    # the dense model's prediction is its measured latency (residual or scale fitted there)
+    assert lat(p.cost.dense_widths) == pytest.approx(lat.dense_ms, rel=1e-9)
+
+
+@given(st.lists(st.floats(0, 10), min_size=2, max_size=4), st.lists(st.floats(0, 10), min_size=1, max_size=3),
+       st.floats(0, 1), st.floats(0, 1), st.floats(0, 1))
+def test_interpolation_is_monotone_between_samples(dx, dy, u, v, t):
+    xs = np.cumsum(np.array(dx) + 1.0)
+    ys = np.cumsum(np.array(dy) + 1.0)
+    V = np.maximum.accumulate(np.maximum.accumulate(
+        np.add.outer(np.arange(len(xs)), np.arange(len(ys))).astype(float) ** 1.5, 0), 1)
+    x0 = xs[0] + u * (xs[-1] - xs[0])
+    x1 = x0 + t * (xs[-1] - x0)
+    y = ys[0] + v * (ys[-1] - ys[0])
+    a, gx, gy = interp2(xs, ys, V, x0, y)
+    b = interp2(xs, ys, V, x1, y)[0]
+    assert a <= b + 1e-9 and gx >= -1e-12 and gy >= -1e-12
+    assert V.min() - 1e-9 <= a <= V.max() + 1e-9
+    # linear between neighbouring samples along x
+    i = int(np.clip(np.searchsorted(xs, x0, side="right"), 1, len(xs) - 1))
+    lo, hi = (interp2(xs, ys, V, g, y)[0] for g in (xs[i - 1], xs[i]))
+    s = (x0 - xs[i - 1]) / (xs[i] - xs[i - 1])
+    assert a == pytest.approx(lo + s * (hi - lo), abs=1e-9)
+
+
+@pytest.mark.parametrize("text, key, kind, value", [
+    ("speedup=2", "latency", "speedup", 2.0), ("latency_ms=3", "latency", "ms", 3.0),
+    ("latency_ms=2.5ms", "latency", "ms", 2.5), ("speedup=1", "latency", "speedup", 1.0)])
+def test_budget_parses_latency_keys(text, key, kind, value):
+    b = Budget.parse(text)
+    assert b.needs_latency and b._parsed[key] == (kind, value)
+    assert Budget.parse(b.describe())._parsed == b._parsed
+
+
+def test_latency_combines_with_flops_and_params():
+    b = Budget.parse("speedup=2,flops=0.5,params=100K")
+    t = b.targets({"macs": 1e6, "params": 2e5, "latency": 8.0})
+    assert t == {"macs": 5e5, "params": 1e5, "latency": 4.0}
+    assert Budget(latency_ms=3).targets({"macs": 1, "params": 1, "latency": 9.0}) == {"latency": 3.0}
+    with pytest.raises(BudgetError):  # no latency model: said in one line
+        b.targets({"macs": 1e6, "params": 2e5})
+
+
+@pytest.mark.parametrize("kw", [{"speedup": 0.5}, {"speedup": 0}, {"speedup": -2}, {"speedup": "fast"},
+                                {"latency_ms": -3}, {"latency_ms": 0}, {"latency_ms": "3s"}, {"latency_ms": float("nan")},
+                                {"speedup": 2, "latency_ms": 3}, {"speedup": True}])
+def test_bad_latency_budgets_are_one_line(kw):
+    with pytest.raises(BudgetError) as e:
+        Budget(**kw)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("opts", [{"threads": 0}, {"samples": 1}, {"batch": 0}, {"min_run_time": 0},
+                                  {"device": "tpu"}, {"nope": 1}])
+def test_bad_latency_options(opts):
+    with pytest.raises(ConfigError):
+        LatencyConfig.of(opts)
+
+
+@pytest.mark.parametrize("method", ["l1", "taylor+global", "l1+itpruner"])
+def test_every_allocator_meets_a_latency_budget(timer, model, method):
+    from prunekit.data import load_dataset
+    data = load_dataset("synthetic", split="train") if "itpruner" in method or "taylor" in method else None
+    r = compress(model, X, "speedup=1.5,params=0.9", method=method, data=data, latency=FAST, calibration_batches=1,
+                 calibration_batch_size=8, bn_batches=0)
+    s = r.summary
+    lat = s["latency"]
+    assert lat["predicted"]["2"]["pruned_ms"] <= lat["target_ms"] * (1 + 1e-9)
+    assert s["params"]["pruned"] <= s["params"]["target"]
+    assert s["binding"] in ("latency", "params")
+    assert set(lat["measured"]) == {"1", "2"}  # measured next to the prediction at batch 1 and the budget's batch
+
+
+def test_snap_moves_units_to_stair_ends(timer, model, monkeypatch):
+    def staircase(spec, out_dim, in_dim, batch, config, store):  # latency rises every 8 channels
+        return math.ceil(out_dim / 8) + math.ceil(in_dim / 8) * 0.5
+
+    monkeypatch.setattr(snap_module, "layer_ms", staircase)
+    r = compress(model, X, "flops=0.6", latency={**FAST, "snap": True, "snap_window": 4})
+    s = r.summary
+    moves = s["latency"]["snapped"]
+    dense = {u["name"]: u["width"] for u in s["units"]}
+    assert moves, "a staircase of 8 channels moves some of 16/32/64-wide Units"
+    for m in moves:
+        assert m["to"] % 8 == 0 or m["to"] == dense[m["unit"]]
+    assert s["macs"]["pruned"] <= s["macs"]["target"]
+    assert {u["name"]: u["kept"] for u in s["units"]} == r.plan.widths
+
+
+def test_cli_speedup_budget_reports_predicted_and_measured(timer, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["compress", "--model", "resnet20", "--in-channels", "1", "--input-size", "8", "--budget", "speedup=1.3",
+            "--threads", "1", "--latency-batch", "2", "--latency-samples", "2", "--out", str(out), "--report"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "predicted" in text and "measured" in text and "speed-up" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["budget"] == "speedup=1.3" and summary["latency"]["threads"] == 1
+    assert set(summary["latency"]["predicted"]) == set(summary["latency"]["measured"]) == {"1", "2"}
+    html = (out / "report.html").read_text()
+    assert 'id="latency"' in html and "measured speed-up" in html
+    assert main(["bench-latency", str(out), "--batches", "1,2", "--seconds", "0.001", "--onnx", "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert set(obj["batches"]) == {"1", "2"} and all(r["onnxruntime_ms"] > 0 for r in obj["batches"].values())
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--budget", "speedup=0.5"], "speedup=0.5 must be >= 1"),
+    (["--budget", "latency_ms=-3"], "latency_ms"),
+    (["--budget", "speedup=2", "--threads", "0"], "threads"),
+    (["--budget", "speedup=1000"], "at most speedup="),
+])
+def test_cli_bad_latency_input(timer, tmp_path, capsys, argv, needle):
+    base = ["compress", "--model", "resnet20", "--in-channels", "1", "--input-size", "8", "--latency-samples", "2",
+            "--out", str(tmp_path / "o")]
+    assert main(base + argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the "compressing ..." progress line
+    assert err.startswith("prunekit: error:") and needle in err
+
+
+def test_bench_latency_refuses_a_non_run(tmp_path, capsys):
+    for extra in ([], ["--batches", "0"]):
+        assert main(["bench-latency", str(tmp_path), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("prunekit: error:") and "\n" not in err
+
+
+def test_public_budget_api_is_exported():
+    assert prunekit.Budget(speedup=2).describe() == "speedup=2"
