@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     out = {"command": "python bench/latency.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
            "model": args.model, "checkpoint": args.checkpoint, "threads": args.threads, "batch": args.batch,
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__,
-           "speedup_rows": [], "equal_macs_rows": [], "rounding_rows": [], "predictor": {}}
+           "load_start": [round(v, 2) for v in os.getloadavg()],
+           "speedup_rows": [], "unreachable": [], "equal_macs_rows": [], "rounding_refused": [], "rounding_rows": [], "predictor": {}}
 
     def run(budget, method, batch, **kw):
         t0 = time.perf_counter()
@@ -92,20 +93,27 @@ def main(argv=None) -> int:
 
     for batch in (args.batch, 1):
         for s in (float(v) for v in args.speedups.split(",")):
-            lat = run(f"speedup={s:g}", args.method, batch)
+            try:
+                lat = run(f"speedup={s:g}", args.method, batch)
+            except prunekit.BudgetError as e:  # the fixed parts alone are too slow at this batch: say so, go on
+                out["unreachable"].append({"batch": batch, "target_speedup": s, "error": str(e)})
+                print(f"batch {batch} speedup={s:g}: refused: {e}", flush=True)
+                continue
             L = lat.summary["latency"]
+            rounds = L.get("feedback", {}).get("rounds", [])
             macs = lat.summary["macs"]["pruned"]
             row = {"batch": batch, "target_speedup": s, "method": args.method,
                    "predicted_speedup": L["predicted"][str(batch)]["speedup"],
                    "measured_speedup": L["measured"][str(batch)]["speedup"],
                    "measured_speedup_other_batch": {b: v["speedup"] for b, v in L["measured"].items() if b != str(batch)},
                    "macs_reduction": lat.summary["macs"]["dense"] / macs,
+                   "plans": len(rounds), "first_plan_measured_speedup": rounds[0]["measured_speedup"] if rounds else None,
                    "seconds": lat.summary["seconds"]["bench_wall"]}
             row["within_10pct"] = abs(row["measured_speedup"] / s - 1) <= 0.10
             out["speedup_rows"].append(row)
             print(f"batch {batch} speedup={s:g}: predicted {row['predicted_speedup']:.2f}x, measured "
                   f"{row['measured_speedup']:.2f}x (MACs {row['macs_reduction']:.2f}x)", flush=True)
-            flat = run({"flops": float(macs)}, args.method, batch, lat={"measure": False})
+            flat = run({"flops": float(macs)}, args.method, batch, lat={"measure": False}, round_to=8)
             flat_macs = flat.summary["macs"]["pruned"]
             a = [model_ms(lat.model, x, batch, timing) for _ in range(2)]  # interleaved, same load
             b = [model_ms(flat.model, x, batch, timing) for _ in range(2)]
@@ -121,7 +129,12 @@ def main(argv=None) -> int:
     for method in args.macs_methods.split(","):
         for r_to in (int(v) for v in args.round_to.split(",")):
             for f in (float(v) for v in args.flops.split(",")):
-                res = run({"flops": f}, method, args.batch, round_to=r_to, lat={"snap": True})
+                try:
+                    res = run({"flops": f}, method, args.batch, round_to=r_to, lat={"snap": True})
+                except prunekit.BudgetError as e:  # e.g. round_to=16 keeps 16-wide Units whole: 20% is below the floor
+                    out["rounding_refused"].append({"method": method, "round_to": r_to, "flops": f, "error": str(e)})
+                    print(f"{method} round_to={r_to} flops={f:g}: refused: {e}", flush=True)
+                    continue
                 L, m = res.summary["latency"], res.summary["macs"]
                 row = {"method": method, "round_to": r_to, "snap": True, "flops": f,
                        "macs_reduction": m["dense"] / m["pruned"],
@@ -151,6 +164,7 @@ def main(argv=None) -> int:
                                "max_abs_error": float(np.abs(e).max()), "mean_error": float(e.mean()), "rows": rows}
         print(f"predictor at batch {b}: mean |error| {np.abs(e).mean():.1%}, max {np.abs(e).max():.1%}", flush=True)
     out["seconds"] = time.perf_counter() - t_start
+    out["load_end"] = [round(v, 2) for v in os.getloadavg()]
     write(out, Path(args.out))
     return 0
 
@@ -161,12 +175,20 @@ def write(out: dict, stem: Path) -> None:
     lines = ["# Latency budgets (issue 17)", "", f"Command: `{out['command']}`", "",
              f"{out['model']} ({out['checkpoint']}), {out['threads']} threads, OMP_WAIT_POLICY={out['omp_wait_policy']}, "
              f"torch {out['torch']}; whole run {out['seconds'] / 60:.1f} min.", "",
-             "## Speed-up budgets", "", "| batch | target | predicted | measured | within 10% | MACs reduction | "
-             "equal-MACs: MACs-only / latency-aware ms |", "|---|---|---|---|---|---|---|"]
+             f"Load average at start {out['load_start']}, at end {out.get('load_end')}.", "",
+             "## Speed-up budgets", "",
+             "`plans`: plans made by the closed loop (prunekit.latency.feedback); `first plan`: the measured speed-up "
+             "of the tables' plan alone; `table`: what the tables predict for the returned plan.", "",
+             "| batch | target | plans | first plan | table | measured | within 10% | MACs reduction | "
+             "equal MACs: MACs-only ms / latency-aware ms |", "|---|---|---|---|---|---|---|---|---|"]
     for r, e in zip(out["speedup_rows"], out["equal_macs_rows"]):
-        lines.append(f"| {r['batch']} | {r['target_speedup']:g}x | {r['predicted_speedup']:.2f}x | {r['measured_speedup']:.2f}x"
+        first = f"{r['first_plan_measured_speedup']:.2f}x" if r.get("first_plan_measured_speedup") else "-"
+        lines.append(f"| {r['batch']} | {r['target_speedup']:g}x | {r.get('plans', 1)} | {first} | "
+                     f"{r['predicted_speedup']:.2f}x | {r['measured_speedup']:.2f}x"
                      f" | {'yes' if r['within_10pct'] else 'no'} | {r['macs_reduction']:.2f}x | "
                      f"{e['macs_only_over_latency_aware']:.3f} |")
+    for u in out.get("unreachable", []):
+        lines.append(f"| {u['batch']} | {u['target_speedup']:g}x | refused: {u['error']} | | | | | | |")
     lines += ["", "## MACs budgets with hardware-friendly widths (round_to + snap)", "",
               f"| method | round_to | flops | MACs reduction | measured speed-up (batch {out['batch']}) | ratio | batch 1 |",
               "|---|---|---|---|---|---|---|"]
@@ -174,6 +196,8 @@ def write(out: dict, stem: Path) -> None:
         lines.append(f"| {r['method']} | {r['round_to']} | {r['flops']:g} | {r['macs_reduction']:.2f}x | "
                      f"{r['measured_speedup']:.2f}x | {r['speedup_over_macs_reduction']:.2f} | "
                      f"{r['measured_speedup_batch1']:.2f}x |")
+    for u in out.get("rounding_refused", []):
+        lines.append(f"| {u['method']} | {u['round_to']} | {u['flops']:g} | refused: {u['error']} | | | |")
     lines += ["", "## Latency predictor on random width settings", "", "| batch | settings | mean abs error | max abs error "
               "| mean error |", "|---|---|---|---|---|"]
     for b, p in out["predictor"].items():

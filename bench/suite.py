@@ -410,11 +410,19 @@ def run_oneshot(cfg: Config, model_name: str, method: str, target: float, dense:
     return record
 
 
+_last_plan: dict = {}  # the fine-tuning phase's latest plan, reused by the next seed
+
+
 def run_finetune(cfg: Config, model_name: str, method: str, target: float, seed: int, dense: nn.Module,
                  dense_macs: int, data: dict, device: str) -> dict:
     """The one-shot plan made again (seed 0), fine-tuned with ``seed`` by ``prunekit.finetune``,
-    distilling from the dense model, and evaluated on the test set."""
-    model, extra, seconds = plan(cfg, method, target, dense, data)
+    distilling from the dense model, and evaluated on the test set. The seeds of one (model, method,
+    target) follow each other, so the plan is made once for all of them."""
+    key = (model_name, method, target)
+    if _last_plan.get("key") != key:
+        _last_plan.update(key=key, plan=plan(cfg, method, target, dense, data))
+    model, extra, seconds = _last_plan["plan"]
+    model, extra = copy.deepcopy(model), copy.deepcopy(extra)
     macs, params = prunekit.count(model, torch.zeros(1, *data["shape"]))
     recipe = {**cfg.finetune_recipe, "seed": seed}
     epochs, lr = recipe.pop("epochs"), recipe.pop("lr")
@@ -757,8 +765,11 @@ def markdown(results: dict, profile: str) -> str:
     lines += [f"Rows: {len(results['runs'])} recorded over {_n(len(sessions), 'run')} of the suite, "
               f"{wall_seconds(results) / 3600:.2f} h of wall time in all (the runs' times summed; some ran side by "
               f"side).{load}", ""]
-    machines = sorted({s["machine"] for s in sessions} | {results["machine"]})
-    lines += ["Machine: " + "; ".join(machines), "", "Commands:", ""]
+    for phase in PHASES:  # each row records where it ran (a lent GPU may have fine-tuned while the CPU planned)
+        machines = sorted({r["machine"] for r in results["runs"] if r["phase"] == phase and "machine" in r})
+        if machines:
+            lines += [f"Machines of the {dict(oneshot='one-shot', finetune='fine-tuning')[phase]} rows: " + "; ".join(machines), ""]
+    lines += ["Commands:", ""]
     lines += [f"- `{c}`" for c in dict.fromkeys(s["command"] for s in sessions)] + [""]
     test_set = "the full test set" if cfg["test_images"] is None else f"{cfg['test_images']} test images"
     lines += [f"Protocol. Both sides: the same dense checkpoint; MACs and params counted by `prunekit.count` "
@@ -769,7 +780,9 @@ def markdown(results: dict, profile: str) -> str:
               f"SGD Nesterov, one-cycle peak LR {ft['lr']}, label smoothing {ft['label_smoothing']}, distillation from "
               f"the dense model with weight {ft['kd_weight']} at T={ft['kd_temperature']}); final accuracy is the last "
               f"epoch's, mean ± half the range over seeds. Time to plan is everything but fine-tuning (pruning + "
-              f"BatchNorm re-estimation) on the CPU with {_n(cfg['threads'], 'thread')}. Torch-Pruning: `MetaPruner`, "
+              f"BatchNorm re-estimation) on the CPU with {_n(cfg['threads'], 'thread')} (the one-shot rows; a row made "
+              f"elsewhere, e.g. fine-tuned on a GPU with `--torch-threads`, records its machine and threads, listed "
+              f"above; on a GPU the recipe runs in bf16 autocast). Torch-Pruning: `MetaPruner`, "
               f"channel ratio raised by {TP_MAX_RATIO}/{cfg['tp_steps']} per step (up to {TP_MAX_RATIO}) until MACs <= target, "
               f"a step that lands more than {100 * TP_TOLERANCE:.1f}% below the target undone and retried at half "
               f"the size (up to {cfg['tp_halvings']} times), then its channels removed one at a time in Torch-Pruning's "
@@ -802,12 +815,31 @@ def markdown(results: dict, profile: str) -> str:
         for target in sorted({r["target"] for r in runs if r["phase"] == "finetune"}, reverse=True):
             lines += [f"### Fine-tuned {_n(ft['epochs'], 'epoch')}, {target:.0%} of the dense MACs", ""]
             lines += finetune_table(results, name, target) + [""]
+    if profile == "cpu":
+        lines += latency_rows(ROOT / "bench" / "results" / "latency.json")
     skipped = [f"- {m}: {why}" for m, why in results.get("skipped", {}).items()]
     failed = [f"- {e['model']} {e['phase']} {e['method']} {e['target']:.0%} seed {e['seed']}: {e['error']}"
               for e in results.get("errors", [])]
     if skipped or failed:
         lines += ["## Not measured", ""] + skipped + failed + [""]
     return "\n".join(lines)
+
+
+def latency_rows(path: Path) -> list[str]:
+    """The latency-budget rows (bench/latency.py keeps them: they are keyed by speed-up, not MACs)."""
+    if not path.is_file():
+        return []
+    lat = json.loads(path.read_text())
+    lines = [f"## Latency budgets ({lat['model']}, {lat['threads']} threads; bench/results/latency.md)", "",
+             f"`{lat['command']}`: `speedup=S` planned by {lat['speedup_rows'][0]['method'] if lat['speedup_rows'] else '-'}"
+             f" with the closed loop; measured dense / pruned, back to back.", "",
+             "| batch | target | measured speed-up | within 10% | MACs reduction | plans |", "|---|---|---|---|---|---|"]
+    for r in lat["speedup_rows"]:
+        lines.append(f"| {r['batch']} | {r['target_speedup']:g}x | {r['measured_speedup']:.2f}x | "
+                     f"{'yes' if r['within_10pct'] else 'no'} | {r['macs_reduction']:.2f}x | {r.get('plans', 1)} |")
+    for u in lat.get("unreachable", []):
+        lines.append(f"| {u['batch']} | {u['target_speedup']:g}x | refused: {u['error']} | | | |")
+    return lines + [""]
 
 
 def readme_table(results: dict) -> str:
@@ -950,7 +982,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", help="comma-separated fine-tuning seeds (default: the profile's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="fine-tuning and evaluation device; plans are always made on the CPU")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for planning and CPU latency")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for CPU latency (and for planning unless --torch-threads)")
+    p.add_argument("--torch-threads", type=int, help="threads for planning, evaluation and training (default: the "
+                   "profile's threads; CPU latency is always measured at the profile's threads)")
     p.add_argument("--stop-after", type=float, help="start no new row after this many seconds (rerun to continue)")
     p.add_argument("--fresh", action="store_true", help="discard the rows already recorded in the results file")
     p.add_argument("--merge", nargs="+", metavar="JSON",
@@ -984,7 +1018,8 @@ def run(args, argv: list[str]) -> int:
             write_readme(results, ROOT / "README.md")
         return 0
     results = execute(cfg, methods, phases, base, profile, command, device=args.device, data_dir=args.data_dir,
-                      work=Path(args.work) / base.name, fresh=args.fresh, stop_after=args.stop_after)
+                      work=Path(args.work) / base.name, fresh=args.fresh, stop_after=args.stop_after,
+                      torch_threads=args.torch_threads)
     if args.readme:
         write_readme(results, ROOT / "README.md")
     return 0
@@ -1006,6 +1041,8 @@ def merge(base: Path, others: list[Path], cfg: Config, profile: str) -> dict:
             results[key] = list(dict.fromkeys(results[key] + other[key]))
         results["dense"] = {**other["dense"], **results["dense"]}
         results["errors"] += other.get("errors", [])
+    done = {row_key(r) for r in results["runs"]}
+    results["errors"] = [e for e in results["errors"] if row_key(e) not in done]  # a later run recorded them
     io.write_json(base.with_suffix(".json"), results)
     io.write_text(base.with_suffix(".md"), markdown(results, profile))
     plots(results, base, profile)
@@ -1018,13 +1055,13 @@ def row_key(r: dict) -> tuple:
 
 def execute(cfg: Config, methods: list[str], phases: list[str], base: Path, profile: str, command: str, *,
             device: str = "cpu", data_dir: str | None = None, work: Path | None = None, fresh: bool = False,
-            stop_after: float | None = None) -> dict:
+            stop_after: float | None = None, torch_threads: int | None = None) -> dict:
     """Run every row not yet recorded in ``base``.json, one-shot rows first, saving after each."""
     t_start = time.perf_counter()
     work = work or ROOT / "runs" / "bench" / base.name
     old = load_results(base.with_suffix(".json"), cfg, fresh)
-    torch.set_num_threads(cfg.threads)
-    here = machine(device, cfg.threads)
+    torch.set_num_threads(torch_threads or cfg.threads)  # latency is measured at cfg.threads regardless
+    here = machine(device, torch.get_num_threads())
     session = {"command": command, "machine": here, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "seconds": 0.0, "rows": 0}
     results = {"config": asdict(cfg), "machine": here, "profile": profile,

@@ -114,9 +114,25 @@ def test_unreachable_budget_is_refused(resnet56, synthetic_train, monkeypatch):
 
 def test_unreachable_budget_is_refused_by_the_concave_solver(resnet56, synthetic_train, monkeypatch):
     from prunekit.allocation import concave
-    monkeypatch.setattr(concave, "minimize", lambda f, x0, **kw: Stuck(x0))
+    monkeypatch.setattr(concave, "minimize", lambda f, x0, **kw: Stuck(np.zeros_like(x0)))  # stuck at dense
     with pytest.raises(BudgetError, match="could not reach the budget"):
         compress(resnet56, X28, 0.5, method="itpruner", data=synthetic_train)
+
+
+def test_a_stalled_concave_solve_restarts_from_the_smallest_model(resnet56, synthetic_train, monkeypatch):
+    """Near the smallest model SLSQP's line search can stall on the way from dense (a speedup=2
+    budget at batch 1 on ResNet-56); the second start, from the feasible smallest model, solves it."""
+    from prunekit.allocation import concave
+    real, starts = concave.minimize, []
+
+    def first_stalls(f, x0, **kw):
+        starts.append(np.array(x0))
+        return Stuck(x0) if len(starts) == 1 else real(f, x0, **kw)
+
+    monkeypatch.setattr(concave, "minimize", first_stalls)
+    r = compress(resnet56, X28, 0.5, method="itpruner", data=synthetic_train)
+    assert len(starts) == 2 and np.all(starts[0] == 0) and np.all(starts[1] < 0)
+    assert r.summary["macs"]["pruned"] <= r.summary["macs"]["target"]
 
 
 def official_resnet20_cost() -> tuple[Polynomial, np.ndarray]:

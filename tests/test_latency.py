@@ -96,7 +96,10 @@ def test_table_is_exact_at_sampled_points(timer, prepared):
     p = prepared
     lat = p.cost.latency
     for layer in lat.layers:
-        assert 1 <= len(layer.xs) <= 4 and 1 <= len(layer.ys) <= 4
+        for grid in (layer.xs, layer.ys):  # the ends and every multiple of step between: stair edges are measured
+            assert 1 <= len(grid) <= lat.config.max_points + 2
+            inner = [v for v in range(int(grid[0]) + 1, int(grid[-1])) if v % lat.config.step == 0]
+            assert set(inner) <= set(grid.tolist())
         for i, a in enumerate(layer.xs):
             for j, b in enumerate(layer.ys):
                 assert interp2(layer.xs, layer.ys, layer.V, a, b)[0] == pytest.approx(layer.V[i, j], rel=1e-12)
@@ -154,7 +157,8 @@ def test_bad_latency_budgets_are_one_line(kw):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("opts", [{"threads": 0}, {"samples": 1}, {"batch": 0}, {"min_run_time": 0},
+@pytest.mark.parametrize("opts", [{"threads": 0}, {"samples": 1}, {"batch": 0}, {"min_run_time": 0}, {"feedback": -1},
+                                  {"tolerance": 0}, {"step": 0}, {"max_points": 1},
                                   {"device": "tpu"}, {"nope": 1}])
 def test_bad_latency_options(opts):
     with pytest.raises(ConfigError):
@@ -173,6 +177,55 @@ def test_every_allocator_meets_a_latency_budget(timer, model, method):
     assert s["params"]["pruned"] <= s["params"]["target"]
     assert s["binding"] in ("latency", "params")
     assert set(lat["measured"]) == {"1", "2"}  # measured next to the prediction at batch 1 and the budget's batch
+
+
+def test_feedback_replans_until_the_measured_speedup_meets_the_target(timer, model, monkeypatch):
+    """Whole models measured slower than the tables say (time ~ table time ** 0.7, as cache-cold layers
+    inside a real model): the first plan misses speedup=1.6, the re-plans close the gap."""
+    import prunekit.latency as latency
+
+    def whole(m, x, batch, config, run_time=None):
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            m(torch.zeros(batch, *x.shape[1:]))
+        return (fc.get_total_flops() / 2 * 1e-6) ** 0.7
+
+    monkeypatch.setattr(latency, "model_ms", whole)
+    r = compress(model, X, "speedup=1.6", latency={**FAST, "tolerance": 0.03, "feedback": 4}, round_to=1, bn_batches=0)
+    fb = r.summary["latency"]["feedback"]
+    rounds = fb["rounds"]
+    assert rounds[0]["error"] > 0.1  # the table alone lands well short of the target
+    assert len(rounds) > 1 and abs(rounds[fb["chosen"]]["error"]) <= 0.03
+    assert fb["chosen"] == min(range(len(rounds)), key=lambda i: (abs(rounds[i]["error"]) > 0.03, abs(rounds[i]["error"])))
+    assert r.summary["latency"]["measured"]["2"]["speedup"] == pytest.approx(1.6, rel=0.03 / 0.97)
+    widths = {u["name"]: u["kept"] for u in r.summary["units"]}
+    assert widths == r.plan.widths  # the chosen round's model is the one returned
+
+
+def test_feedback_refuses_a_target_only_the_tables_reach(timer, model, monkeypatch):
+    """Tables promise speedup=1.6, but whole models hardly speed up (a big fixed cost, as per-op
+    overhead at batch 1 on a CPU): once the loop is at the smallest model, a one-line BudgetError."""
+    import prunekit.latency as latency
+
+    def whole(m, x, batch, config, run_time=None):
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            m(torch.zeros(batch, *x.shape[1:]))
+        return 10.0 + fc.get_total_flops() / 2 * 1e-6
+
+    monkeypatch.setattr(latency, "model_ms", whole)
+    with pytest.raises(BudgetError) as e:
+        compress(model, X, "speedup=1.6", latency={**FAST, "feedback": 4}, round_to=1, bn_batches=0)
+    msg = str(e.value)
+    assert "\n" not in msg and "out of reach" in msg and "smallest prunable model measured" in msg
+
+
+def test_feedback_off_and_latency_rounding(timer, model):
+    r = compress(model, X, "speedup=1.3", latency={**FAST, "feedback": 0}, bn_batches=0)
+    assert "feedback" not in r.summary["latency"]
+    # round_to defaults to the tables' step under a latency budget: every width is a measured grid point
+    for u in r.summary["units"]:
+        assert u["kept"] % 8 == 0 or u["kept"] == u["width"]
+    free = compress(model, X, "flops=0.77", bn_batches=0)  # no latency budget: widths stay free
+    assert any(u["kept"] % 8 for u in free.summary["units"])
 
 
 def test_snap_moves_units_to_stair_ends(timer, model, monkeypatch):

@@ -97,3 +97,17 @@ def test_evaluate_is_a_percentage_and_restores_mode():
 def test_bad_recipes(bad, needle):
     with pytest.raises(ConfigError, match=needle):
         Recipe(**bad)
+
+
+def test_one_process_may_train_on_another_device_after_the_first(monkeypatch):
+    """Accelerate keeps one device per process: fine-tuning on the GPU, then a method training its
+    gates on the CPU (dagger, fisher_iterative) raised "AcceleratorState has already been
+    initialized". A finished single-process state for another device is started afresh."""
+    from accelerate.state import PartialState
+
+    model = _tiny()
+    fit(model, _data(), Recipe(**{**QUICK, "epochs": 1, "max_steps_per_epoch": 1}), device="cpu", progress=False)
+    monkeypatch.setitem(PartialState._shared_state, "device", torch.device("cuda"))  # as a GPU fine-tune leaves it
+    history = fit(model, _data(), Recipe(**{**QUICK, "epochs": 1, "max_steps_per_epoch": 1}), device="cpu",
+                  progress=False)
+    assert len(history) == 1 and next(model.parameters()).device.type == "cpu"

@@ -89,6 +89,11 @@ class Budget:
             out[key] = v * dense[key] if kind == "fraction" else dense[key] / v if kind == "speedup" else v
         return out
 
+    def latency_goal(self, dense_ms: float) -> float:
+        """The latency target in ms given the dense model's (measured) latency."""
+        kind, v = self._parsed["latency"]
+        return dense_ms / v if kind == "speedup" else v
+
     def describe(self) -> str:
         return ",".join(f"{'flops' if k == 'macs' else k}={v if kind == 'fraction' else _human(v)}" if k != "latency"
                         else f"speedup={v:g}" if kind == "speedup" else f"latency_ms={v:g}"

@@ -36,7 +36,8 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ignore", help="comma-separated layer names never to prune")
     p.add_argument("--min-width", type=float, default=0.05, help="smallest kept fraction of any unit")
-    p.add_argument("--round-to", type=int, default=1, help="keep widths multiples of this")
+    p.add_argument("--round-to", type=int, help="keep widths multiples of this (default: 8, the latency tables' "
+                   "step, under a speedup/latency_ms budget; else 1)")
     p.add_argument("--calibration-batches", type=int, default=5, help="batches of 128 training images")
     p.add_argument("--option", action="append", help="method option name=value, e.g. beta=500 (repeatable)")
     p.add_argument("--bn-batches", type=int, default=20,
@@ -323,7 +324,7 @@ def cmd_sweep(args) -> int:
                    finetune=finetune, finetune_data=_data(args, "train", augment=True) if finetune else None,
                    bn_batches=args.bn_batches, eval_images=args.eval_images, device=args.device, out=args.out,
                    ignore=[s for s in (args.ignore or "").split(",") if s], min_width=args.min_width,
-                   round_to=args.round_to, calibration_batches=args.calibration_batches,
+                   round_to=args.round_to or 1, calibration_batches=args.calibration_batches,
                    options=_options(args.option), progress=True)
     obj = result.to_dict()
     rows = [["budget", "MACs", "kept %", "params", "acc BN %", "acc fine-tuned %", "plan s"]]
@@ -472,7 +473,8 @@ def _latency_options(args, budget) -> dict | None:
     if not (budget.needs_latency or args.snap or args.threads is not None):
         return None
     from .latency import LatencyConfig
-    options = {"batch": args.latency_batch, "samples": args.latency_samples, "snap": args.snap}
+    options = {"batch": args.latency_batch, "samples": args.latency_samples, "step": args.latency_step or None,
+               "snap": args.snap}
     if args.threads is not None:
         options["threads"] = args.threads
     LatencyConfig.of(options)  # checked before any work
@@ -561,7 +563,10 @@ def parser() -> argparse.ArgumentParser:
                                                "--snap; default: torch's)")
     c.add_argument("--latency-batch", type=int, default=1, help="batch size a speedup/latency_ms budget refers to "
                                                                 "(batch 1 is reported too)")
-    c.add_argument("--latency-samples", type=int, default=4, help="sampled widths per channel dim of each layer table")
+    c.add_argument("--latency-step", type=int, default=8,
+                   help="time each layer at every multiple of this many channels (0: --latency-samples sizes)")
+    c.add_argument("--latency-samples", type=int, default=4,
+                   help="evenly spaced sizes per channel dim of each layer table when --latency-step is 0")
     c.add_argument("--snap", action="store_true", help="snap each Unit to the end of its measured latency staircase")
     c.set_defaults(func=cmd_compress)
 

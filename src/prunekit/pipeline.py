@@ -57,6 +57,15 @@ def split_options(options: Mapping[str, object], criterion, allocator, method: s
             {k: v for k, v in options.items() if k in takes[1] and k not in takes[0]})
 
 
+def default_round_to(round_to: int | None, budget: Budget, latency) -> int:
+    if round_to is not None:
+        return round_to
+    if budget.needs_latency:
+        from .latency import LatencyConfig
+        return LatencyConfig.of(latency).step or 1
+    return 1
+
+
 def compress(
     model: nn.Module,
     example_inputs,
@@ -67,7 +76,7 @@ def compress(
     *,
     ignore: tuple[str, ...] | list[str] = (),
     min_width: float = 0.05,
-    round_to: int = 1,
+    round_to: int | None = None,
     calibration_batches: int = 5,
     calibration_batch_size: int = 128,
     options: Mapping[str, object] | None = None,
@@ -83,8 +92,11 @@ def compress(
     training batches (0: keep the dense model's, which leave a pruned model near chance).
     ``latency``: how latency is measured (``prunekit.latency.LatencyConfig`` options: threads, batch,
     snap, ...); a speedup/latency_ms budget measures with the defaults when it is None.
+    ``round_to`` (None): widths in multiples of the latency tables' ``step`` under a latency budget
+    (the widths the tables measured rather than interpolated, and the fast ones), else free.
     """
     budget = as_budget(budget)
+    round_to = default_round_to(round_to, budget, latency)
     check_bn_batches(bn_batches)
     if method == AUTO.name:  # plans every candidate, returns the best one's compress (prunekit.auto)
         from .auto import auto, options as auto_options
@@ -101,11 +113,16 @@ def compress(
                        options=options, latency=latency)
     targets = prepared.targets(budget)
     prepared.score(data, seed, calibration_batches, calibration_batch_size, progress)
-    result = prepared.prune(budget, targets, seed)
+    timed = prepared.latency is not None and prepared.latency.measure  # measured next to the prediction
+    if timed and budget.needs_latency and prepared.latency.feedback:
+        from .latency.feedback import plan_to_measured
+        result = plan_to_measured(prepared, budget, targets, seed, model, example_inputs)
+    else:
+        result = prepared.prune(budget, targets, seed)
+        if timed:
+            from .latency import measure_result
+            measure_result(result, model, example_inputs, prepared.latency)
     reestimate_batchnorm(result, data, bn_batches, seed)
-    if prepared.latency is not None and prepared.latency.measure:  # measured next to the prediction
-        from .latency import measure_result
-        measure_result(result, model, example_inputs, prepared.latency)
     return result
 
 

@@ -53,11 +53,17 @@ def solve(polys: dict[str, Polynomial], targets: dict[str, float], value: np.nda
         cons.append({"type": "ineq", "fun": lambda y, p=p, t=t: np.log(t) - np.log(p(W * np.exp(y))),
                      "jac": lambda y, p=p: -(W * np.exp(y) * p.grad(W * np.exp(y))) / p(W * np.exp(y))})
     lower = np.log(np.maximum(lo, 1e-12) / W)
-    res = minimize(lambda y: -v @ utility(np.exp(y), eta), np.zeros_like(W), jac=lambda y: -v * np.exp(-k * y),
-                   method="SLSQP", bounds=list(zip(lower, np.zeros_like(W))), constraints=cons,
-                   options={"ftol": tol, "maxiter": maxiter})
-    w = W * np.exp(np.clip(res.x, lower, 0.0))
-    worst = max((polys[k](w) - t) / t for k, t in targets.items())
+
+    def run(start):
+        res = minimize(lambda y: -v @ utility(np.exp(y), eta), start, jac=lambda y: -v * np.exp(-k * y),
+                       method="SLSQP", bounds=list(zip(lower, np.zeros_like(W))), constraints=cons,
+                       options={"ftol": tol, "maxiter": maxiter})
+        w = W * np.exp(np.clip(res.x, lower, 0.0))
+        return res, w, max((polys[k](w) - t) / t for k, t in targets.items())
+
+    res, w, worst = run(np.zeros_like(W))
+    if worst > 1e-6:  # a target near the smallest model: SLSQP's line search can stall on the way from dense
+        res, w, worst = min((res, w, worst), run(lower.copy()), key=lambda r: r[2])
     if worst > 1e-6:
         raise BudgetError(f"the concave allocation could not reach the budget (still {100 * worst:.2g}% above it: "
                           f"{res.message}); raise the budget or lower min_width")

@@ -46,12 +46,14 @@ def predicted(cost, widths: dict[str, int], targets: dict) -> dict:
 
 
 def measure_result(result, dense_model, example_inputs, config: LatencyConfig) -> dict:
-    """Time the dense and the pruned model now, one after the other (same load), at each batch; the
-    entry sits next to the prediction in ``summary["latency"]["measured"]``."""
+    """Time the dense and the pruned model now, alternately ``config.repeats`` times each (a shared
+    machine's speed drifts by tens of percent within minutes; medians of interleaved runs see the same
+    drift), at each batch; the entry sits next to the prediction in ``summary["latency"]["measured"]``."""
     rows = {}
     for b in config.report_batches:
-        dense = model_ms(dense_model, example_inputs, b, config)
-        pruned = model_ms(result.model, example_inputs, b, config)
+        times = [(model_ms(dense_model, example_inputs, b, config), model_ms(result.model, example_inputs, b, config))
+                 for _ in range(config.repeats)]
+        dense, pruned = (float(np.median(t)) for t in zip(*times))
         rows[str(b)] = {"dense_ms": dense, "pruned_ms": pruned, "speedup": dense / pruned}
     entry = result.summary.setdefault("latency", {})
     entry["measured"] = rows

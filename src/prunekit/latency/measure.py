@@ -25,23 +25,35 @@ class LatencyConfig:
     """How latency is measured and used.
 
     ``batch``: the batch size the latency budget refers to (the table is measured there; batch 1 is
-    also predicted and measured for the report). ``samples``: sampled widths per channel dim of each
-    layer (a ``samples`` x ``samples`` grid, interpolated bilinearly). ``min_run_time``: seconds of
+    also predicted and measured for the report). ``step``: each channel dim of each layer is
+    measured at its minimum, its dense size and every multiple of ``step`` between (CPU and GPU kernels
+    block channels in 8s and 16s, so latency moves in stairs that an even grid misses; the step
+    doubles until a dim has at most ``max_points``), and interpolated bilinearly; with ``step=None``,
+    at ``samples`` evenly spaced sizes instead. ``min_run_time``: seconds of
     ``blocked_autorange`` per measurement. ``snap``: move each Unit to the right end of its latency
     staircase (``snap_window`` steps either side, a stair ends where the next step costs more than
-    ``snap_tolerance``). ``measure``: time the dense and pruned models after pruning.
+    ``snap_tolerance``). ``measure``: time the dense and pruned models after pruning (``repeats``
+    alternating runs of each, medians). ``feedback``:
+    under a latency budget, plan again up to this many times with the table's target scaled by
+    target / measured until the measured latency at ``batch`` is within ``tolerance`` of the target
+    (layers timed alone are not layers inside a model, and a shared machine drifts; latency.feedback).
     """
 
     device: str = "cpu"
     threads: int | None = None  # None: torch.get_num_threads()
     batch: int = 1
     samples: int = 4
+    step: int | None = 8
+    max_points: int = 12
     min_run_time: float = 0.05
     model_run_time: float = 0.5
     snap: bool = False
     snap_window: int = 2
     snap_tolerance: float = 0.02
     measure: bool = True
+    feedback: int = 3
+    repeats: int = 3
+    tolerance: float = 0.03
     cache: bool = True
     report_batches: tuple[int, ...] = field(default=())
 
@@ -54,8 +66,13 @@ class LatencyConfig:
         positive_int("threads", self.threads)
         positive_int("batch", self.batch)
         positive_int("samples", self.samples, 2)
+        positive_int("max_points", self.max_points, 2)
+        if self.step is not None:
+            positive_int("step", self.step)
         positive_int("snap_window", self.snap_window)
-        for name in ("min_run_time", "model_run_time", "snap_tolerance"):
+        positive_int("feedback", self.feedback, 0)
+        positive_int("repeats", self.repeats)
+        for name in ("min_run_time", "model_run_time", "snap_tolerance", "tolerance"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ConfigError(f"latency option {name} must be a number > 0, got {v!r}")

@@ -2,7 +2,7 @@
 
 Each conv/linear layer's weight dims are linear forms in the widths (the same forms the CostModel
 expands). Its latency is measured on a grid of ``samples`` values of each dim that varies, from
-the dims at every Unit's minimum width to the dense dims, made monotone (a running maximum along
+the dims at every Unit's minimum width to the dense dims, and every multiple of ``step`` between, made monotone (a running maximum along
 both dims: the allocators assume that removing channels never costs time; the real staircase is
 left to ``snap``, which reads raw measurements), and interpolated bilinearly, so the prediction is
 exact at sampled points and monotone between them. The model's latency is the layers' sum plus a
@@ -129,9 +129,18 @@ def _form(f: dict[int, float], size: int, dense: np.ndarray) -> tuple[float, dic
     return float(size - sum(m * dense[k] for k, m in f.items())), dict(f)
 
 
-def _samples(lo: float, hi: float, n: int, quantum: int) -> np.ndarray:
-    pts = np.unique(np.round(np.linspace(lo, hi, n) / quantum) * quantum)
-    pts = np.clip(pts, max(quantum, np.ceil(lo / quantum) * quantum), hi)
+def _samples(lo: float, hi: float, n: int, quantum: int, step: int | None = None, max_points: int = 12) -> np.ndarray:
+    """The dims ``lo``, ``hi`` and every multiple of ``step`` between (the stair edges of blocked
+    kernels: widths rounded to ``step`` are then measured points, not interpolated), or ``n`` evenly
+    spaced dims without a step; all multiples of ``quantum``."""
+    if step:
+        step = int(np.lcm(step, quantum))
+        while (hi - lo) / step > max_points:
+            step *= 2
+        pts = np.concatenate([[lo], np.arange(np.ceil(lo / step) * step, hi + 1, step)])
+    else:
+        pts = np.round(np.linspace(lo, hi, n) / quantum) * quantum
+    pts = np.clip(np.unique(pts), max(quantum, np.ceil(lo / quantum) * quantum), hi)
     return np.unique(np.concatenate([pts, [hi]])).astype(np.float64)
 
 
@@ -149,8 +158,9 @@ def build(graph: UnitGraph, config: LatencyConfig, batch: int, store) -> Latency
         in_form = _form(f.get((f"{spec.name}.weight", 1), {}), shape[1], dense)
         table = LayerTable(spec.name, spec, out_form, in_form, np.zeros(0), np.zeros(0), np.zeros((0, 0)))
         (out_lo, in_lo), (out_hi, in_hi) = table.dims(lo), table.dims(dense)
-        table.xs = _samples(out_lo, out_hi, config.samples, spec.quantum()) if out_form[1] else np.array([out_hi])
-        table.ys = _samples(in_lo, in_hi, config.samples, 1) if in_form[1] else np.array([in_hi])
+        grid = (config.samples, config.step, config.max_points)
+        table.xs = _samples(out_lo, out_hi, grid[0], spec.quantum(), *grid[1:]) if out_form[1] else np.array([out_hi])
+        table.ys = _samples(in_lo, in_hi, grid[0], 1, *grid[1:]) if in_form[1] else np.array([in_hi])
         V = np.array([[layer_ms(spec, a, b, batch, config, store) for b in table.ys] for a in table.xs])
         table.V = np.maximum.accumulate(np.maximum.accumulate(V, axis=0), axis=1)
         layers.append(table)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
@@ -121,6 +122,11 @@ def _accelerator(device, model: nn.Module) -> Accelerator:
     """Accelerate finds the processes ``torchrun``/``accelerate launch`` started and picks this one's device."""
     wanted = torch.device(device) if device is not None else (
         torch.device("cuda") if torch.cuda.is_available() else next(model.parameters()).device)
+    state = PartialState._shared_state
+    if state.get("num_processes", 1) == 1 and "device" in state and torch.device(state["device"]).type != wanted.type:
+        # Accelerate keeps one device per process; a single process may fine-tune on the GPU and then
+        # train a method's gates on the CPU (or the reverse), so start its state afresh for the new device
+        AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(cpu=wanted.type == "cpu")
 
 
