@@ -46,6 +46,7 @@ import prunekit  # noqa: E402
 from prunekit import io  # noqa: E402
 from prunekit.data import dataset_info, load_dataset  # noqa: E402
 from prunekit.errors import ConfigError, PrunekitError  # noqa: E402
+from prunekit.auto import CANDIDATE_OPTIONS, PROXY_STEPS  # noqa: E402
 from prunekit.methods import list_methods  # noqa: E402
 from prunekit.models import create_model  # noqa: E402
 from prunekit.signals import Signals  # noqa: E402
@@ -78,7 +79,7 @@ TRAINS_WEIGHTS = ("trp", "fisher_iterative")
 METHOD_OPTIONS: dict[str, dict] = {
     # ACP's official swarm (10 particles x 8 cycles, 10 fitness batches on 2000 held-out images) takes
     # ~35 min for ResNet-20 on 2 loaded cores: a third of the evaluations, each half the size.
-    "acp": {"particles": 6, "cycles": 4, "fitness_batches": 5, "holdout_images": 1000},
+    "acp": dict(CANDIDATE_OPTIONS["acp"]),  # the same swarm method auto tries
     # TRP trains: 100 steps of batch 64 (0.11 of an epoch; a step of batch 128 took ~9 s on 2 loaded cores)
     # instead of the paper's 164 epochs. After so few steps the paper's 0.05 threshold cuts far below the
     # budget (10 steps: 31% MACs for a 50% target), so threshold 0: ranks are set by the budget alone, at
@@ -95,6 +96,9 @@ METHOD_OPTIONS: dict[str, dict] = {
     # to go on; 50% and 20% MACs are both beyond it, so the rows say how it does past its own limit
     "efa": {"exceed": 1},
 }
+# What a method is told when its model will be fine-tuned (as `prunekit compress --finetune-epochs` tells
+# it): auto ranks its 3 best one-shot candidates after 100 steps of distillation at the recipe's peak LR
+FINETUNE_OPTIONS: dict[str, dict] = {"auto": {"finetune_steps": PROXY_STEPS, "finetune_lr": 0.05}}
 PLAN_SECONDS = 30.0  # BENCHMARKS.md: time to a plan for ResNet-56 on the 2-core CPU (plans are always made there)
 ENV_SHOWN = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 PHASES = ("oneshot", "finetune")
@@ -200,10 +204,10 @@ def dense_model(cfg: Config, spec: ModelSpec, data: dict, work: Path, device: st
 
 # -- pruning: prunekit and Torch-Pruning ----------------------------------------------------------
 def prune_prunekit(dense: nn.Module, x: torch.Tensor, method: str, target: float, seed: int, train,
-                   bn_batches: int) -> tuple:
+                   bn_batches: int, finetune: bool = False) -> tuple:
     """``prunekit.compress`` to ``target`` of the MACs; BatchNorm re-estimated on the same seeded
     batches as Torch-Pruning's models (by compress itself where it does that)."""
-    options = METHOD_OPTIONS.get(method)
+    options = {**METHOD_OPTIONS.get(method, {}), **(FINETUNE_OPTIONS.get(method, {}) if finetune else {})} or None
     result = compress_reestimated(dense, x, {"flops": target}, method, train, seed, bn_batches, options)
     extra = {"widths": [u["kept"] for u in result.summary["units"]], "batchnorm": result.summary.get("batchnorm"),
              "method_seconds": {k: round(v, 3) for k, v in result.summary.get("seconds", {}).items()
@@ -328,9 +332,11 @@ def tp_restore(dense: nn.Module, x: torch.Tensor, method: str, history=None, sco
     return model, pruner
 
 
-def plan(cfg: Config, method: str, target: float, dense: nn.Module, data: dict, seed: int = 0) -> tuple:
+def plan(cfg: Config, method: str, target: float, dense: nn.Module, data: dict, seed: int = 0,
+         finetune: bool = False) -> tuple:
     """The pruned model with BatchNorm re-estimated, its extras and the seconds that took (both sides
-    time pruning plus re-estimation: everything except fine-tuning)."""
+    time pruning plus re-estimation: everything except fine-tuning). ``finetune``: the model will be
+    fine-tuned (``FINETUNE_OPTIONS``)."""
     x = torch.zeros(1, *data["shape"])
     t0 = time.perf_counter()
     if method in TP_METHODS:
@@ -338,7 +344,7 @@ def plan(cfg: Config, method: str, target: float, dense: nn.Module, data: dict, 
                                 halvings=cfg.tp_halvings)
         recalibrate_bn(model, data["train"], batches=cfg.bn_batches, seed=seed)
     else:
-        model, extra = prune_prunekit(dense, x, method, target, seed, data["train"], cfg.bn_batches)
+        model, extra = prune_prunekit(dense, x, method, target, seed, data["train"], cfg.bn_batches, finetune)
     return model, extra, time.perf_counter() - t0 - extra.pop("seconds_restoring", 0.0)
 
 
@@ -415,12 +421,12 @@ _last_plan: dict = {}  # the fine-tuning phase's latest plan, reused by the next
 
 def run_finetune(cfg: Config, model_name: str, method: str, target: float, seed: int, dense: nn.Module,
                  dense_macs: int, data: dict, device: str) -> dict:
-    """The one-shot plan made again (seed 0), fine-tuned with ``seed`` by ``prunekit.finetune``,
+    """The one-shot plan made again (seed 0; auto told it will be fine-tuned), fine-tuned with ``seed`` by ``prunekit.finetune``,
     distilling from the dense model, and evaluated on the test set. The seeds of one (model, method,
     target) follow each other, so the plan is made once for all of them."""
     key = (model_name, method, target)
     if _last_plan.get("key") != key:
-        _last_plan.update(key=key, plan=plan(cfg, method, target, dense, data))
+        _last_plan.update(key=key, plan=plan(cfg, method, target, dense, data, finetune=True))
     model, extra, seconds = _last_plan["plan"]
     model, extra = copy.deepcopy(model), copy.deepcopy(extra)
     macs, params = prunekit.count(model, torch.zeros(1, *data["shape"]))
@@ -990,6 +996,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="add the rows of other results files of the same profile (runs made in parallel) and rewrite "
                         "the table; runs nothing")
+    p.add_argument("--replace", action="store_true", help="with --merge: the merged files' rows replace the rows "
+                   "recorded for the same model, phase, method, target and seed (a method rerun after a change)")
     p.add_argument("--readme", action="store_true",
                    help="also write the summary into README.md between its cpu-suite markers")
     return p
@@ -1013,7 +1021,7 @@ def run(args, argv: list[str]) -> int:
     env = "".join(f"{k}={os.environ[k]} " for k in ENV_SHOWN if k in os.environ)
     command = f"{env}python bench/suite.py " + " ".join(argv)
     if args.merge:
-        results = merge(base, [Path(p) for p in args.merge], cfg, profile)
+        results = merge(base, [Path(p) for p in args.merge], cfg, profile, replace=args.replace)
         if args.readme:
             write_readme(results, ROOT / "README.md")
         return 0
@@ -1025,8 +1033,9 @@ def run(args, argv: list[str]) -> int:
     return 0
 
 
-def merge(base: Path, others: list[Path], cfg: Config, profile: str) -> dict:
-    """The rows, sessions and dense records of ``others`` added to ``base``.json (rows it already has are kept)."""
+def merge(base: Path, others: list[Path], cfg: Config, profile: str, replace: bool = False) -> dict:
+    """The rows, sessions and dense records of ``others`` added to ``base``.json (rows it already has are
+    kept, or with ``replace`` replaced by the others': a method rerun after a change)."""
     results = load_results(base.with_suffix(".json"), cfg, fresh=False)
     if results is None:
         raise ConfigError(f"{base.with_suffix('.json')} does not exist; run the suite first")
@@ -1034,6 +1043,9 @@ def merge(base: Path, others: list[Path], cfg: Config, profile: str) -> dict:
         other = load_results(path, cfg, fresh=False)
         if other is None:
             raise ConfigError(f"{path} does not exist")
+        if replace:
+            new = {row_key(r) for r in other["runs"]}
+            results["runs"] = [r for r in results["runs"] if row_key(r) not in new]
         done = {row_key(r) for r in results["runs"]}
         results["runs"] += [r for r in other["runs"] if row_key(r) not in done]
         results["sessions"] += [s for s in other["sessions"] if s not in results["sessions"]]

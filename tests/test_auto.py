@@ -170,16 +170,58 @@ def test_candidates_that_cannot_plan_are_skipped_with_the_reason(model, train):
     assert "ratios=" in a["skipped"][0]["reason"] and not a["stopped_early"]
 
 
-def test_default_candidates_are_every_criterion_by_allocator_but_the_control_searches_and_training():
+def test_default_candidates_are_every_criterion_by_allocator_but_the_control_and_training_searches_last():
     names = auto_module.default_candidates()
-    pairs = {(m.criterion, m.allocator) for m in map(prunekit.methods.resolve, names)}
+    methods = list(map(prunekit.methods.resolve, names))
+    pairs = {(m.criterion, m.allocator) for m in methods}
     assert len(pairs) == len(names)
-    left_out = {"random", "ratios", "acp", "dagger", "fisher_iterative", "global_raw"}
-    assert set(auto_module.NOT_BY_DEFAULT) == left_out
-    assert pairs == {(c, a) for c in CRITERIA.names() for a in prunekit.allocation.ALLOCATORS.names()
-                     if c not in left_out and a not in left_out}
-    presets = [p for p in prunekit.methods.PRESETS.names() if p in names]
-    assert len(presets) >= 8 and names[:len(presets)] == presets  # presets first
+    left_out = {"random", "ratios", "dagger", "fisher_iterative"}
+    assert set(auto_module.NOT_BY_DEFAULT) == left_out and set(auto_module.PRESETS_ONLY) == {"global_raw", "acp"}
+    crossed = {(c, a) for c in CRITERIA.names() for a in prunekit.allocation.ALLOCATORS.names()
+               if c not in left_out and a not in left_out | {"global_raw", "acp"}}
+    assert pairs == crossed | {("fisher", "global_raw"), ("l1", "acp")}  # the presets fisher and acp
+    presets = [p for p in prunekit.methods.PRESETS.names() if p in names and p != "acp"]
+    assert len(presets) >= 9 and names[:len(presets)] == presets  # presets first
+    assert names[-1] == "acp" and auto_module.candidate_options_of("acp", None) == auto_module.CANDIDATE_OPTIONS["acp"]
+
+
+def test_a_search_candidate_plans_with_its_options_and_is_scored_on_images_it_did_not_search_on(model, train):
+    acp = {"particles": 2, "cycles": 1, "fitness_batches": 1, "holdout_images": 20, "cluster_images": 32}
+    result = compress(model, X, 0.5, method="auto", data=train, seed=1, options={
+        "candidates": ["l1", "acp"], "candidate_options": {"acp": acp}}, **FAST)
+    a = result.summary["auto"]
+    rows = {r["candidate"]: r for r in a["leaderboard"]}
+    assert rows["acp"]["options"] == acp and "options" not in rows["l1"]
+    assert a["excluded_searched_images"] > 0
+    searched = set(holdout_split(train, 0.1, 1)[1].indices[:20])
+    _, held = auto_module.split(train, searched, 0.1, 5000, 1)
+    assert a["heldout_images"] <= len(held)
+    plain = compress(model, X, 0.5, method=a["chosen"], data=train, seed=1, options=a["options"] or None, **FAST)
+    assert result.plan.keep == plain.plan.keep
+    state, other = result.model.state_dict(), plain.model.state_dict()
+    assert all(torch.equal(state[k], other[k]) for k in state)
+
+
+def test_finetune_proxy_ranks_the_finalists_after_distillation(model, train, monkeypatch):
+    trained = []
+    original = auto_module.distilled_accuracy
+
+    def proxy(result, *args):
+        trained.append(result.summary["method"]["name"])
+        return original(result, *args)
+
+    monkeypatch.setattr(auto_module, "distilled_accuracy", proxy)
+    result = run_auto(model, train, finetune_steps=2, finalists=2)
+    a = result.summary["auto"]
+    rows = a["leaderboard"]
+    proxied = [r for r in rows if "finetuned_accuracy" in r]
+    assert len(proxied) == len(trained) == a["finalists"] == 2 and a["finetune_steps"] == 2
+    oneshot = sorted(rows, key=lambda r: -r["heldout_accuracy"])
+    assert {r["candidate"] for r in proxied} == {r["candidate"] for r in oneshot[:2]}  # the one-shot best two
+    assert rows[:2] == sorted(proxied, key=lambda r: -r["finetuned_accuracy"])  # ranked after distillation
+    assert a["chosen"] == rows[0]["candidate"]
+    plain = compress(model, X, 0.5, method=a["chosen"], data=train, **FAST)
+    assert result.plan.keep == plain.plan.keep
 
 
 @pytest.mark.parametrize("kwargs,needle", [
@@ -190,6 +232,11 @@ def test_default_candidates_are_every_criterion_by_allocator_but_the_control_sea
     ({"options": {"candidates": ["auto"]}}, "not a method"),
     ({"options": {"candidates": ["nope"]}}, "unknown method"),
     ({"options": {"search_budget": 0}}, "search_budget"),
+    ({"options": {"finetune_steps": -1}}, "finetune_steps"),
+    ({"options": {"finalists": 0}}, "finalists"),
+    ({"options": {"finetune_lr": 0}}, "finetune_lr"),
+    ({"options": {"candidate_options": {"nope": {}}}}, "candidate_options"),
+    ({"options": {"candidates": ["l1"], "candidate_options": {"l1": {"beta": 1}}}}, "takes no option 'beta'"),
 ])
 def test_refusals_are_one_line_config_errors(model, train, kwargs, needle):
     args = {"data": train, **kwargs}
@@ -230,3 +277,14 @@ def test_cli_json_prints_the_leaderboard_and_the_report_shows_it(capsys, tmp_pat
     assert json.loads((out / "summary.json").read_text())["auto"] == a
     page = (out / "report.html").read_text()
     assert 'id="auto"' in page and all(f"<td>{r['candidate']}</td>" in page for r in a["leaderboard"])
+
+
+def test_cli_fine_tuning_turns_the_distillation_proxy_on():
+    from prunekit.cli import _auto_options, parser
+    base = ["compress", "--model", "resnet20", "--dataset", "synthetic", "--budget", "flops=0.5", "--method", "auto",
+            "--out", "unused"]
+    assert "finetune_steps" not in _auto_options(parser().parse_args(base))
+    tuned = _auto_options(parser().parse_args(base + ["--finetune-epochs", "2", "--finetune-lr", "0.01"]))
+    assert tuned["finetune_steps"] == auto_module.PROXY_STEPS and tuned["finetune_lr"] == 0.01
+    mine = _auto_options(parser().parse_args(base + ["--finetune-epochs", "2", "--option", "finetune_steps=0"]))
+    assert mine["finetune_steps"] == 0

@@ -166,6 +166,9 @@ def test_merge_adds_the_rows_of_a_parallel_run_once(tmp_path, resnet20):
     assert [s["command"] for s in merged["sessions"]] == ["main run", "side run"]
     assert "random" in main.with_suffix(".md").read_text()
     assert suite.merge(main, [side.with_suffix(".json")], cfg, "cpu")["runs"] == merged["runs"]  # idempotent
+    theirs = json.loads(side.with_suffix(".json").read_text())["runs"]
+    replaced = suite.merge(main, [side.with_suffix(".json")], cfg, "cpu", replace=True)["runs"]
+    assert sorted(map(json.dumps, replaced)) == sorted(map(json.dumps, theirs))  # the side run's l1 row now
 
 
 def test_readme_block_between_the_markers_is_all_that_changes(tmp_path):

@@ -217,7 +217,10 @@ def _auto_options(args) -> dict:
     options = _options(args.option)
     if args.search_budget is not None:
         options["search_budget"] = args.search_budget
-    from .auto import options as check
+    from .auto import PROXY_STEPS, options as check
+    if getattr(args, "finetune_epochs", 0) > 0:  # the model will be fine-tuned: rank the finalists after a short distillation
+        options.setdefault("finetune_steps", PROXY_STEPS)
+        options.setdefault("finetune_lr", args.finetune_lr)
     return check(options)
 
 
@@ -286,10 +289,14 @@ def _compress_text(s: dict, out: Path) -> str:
 
 
 def _leaderboard_text(a: dict) -> str:
-    rows = [["candidate", "held-out %", "MACs", "params", "s"]]
-    rows += [[r["candidate"], f"{r['heldout_accuracy']:.2f}", _human(r["macs"]), _human(r["params"]),
-              f"{r['seconds']:.1f}"] for r in a["leaderboard"]]
+    proxy = any("finetuned_accuracy" in r for r in a["leaderboard"])
+    rows = [["candidate", "held-out %"] + (["distilled %"] if proxy else []) + ["MACs", "params", "s"]]
+    rows += [[r["candidate"], f"{r['heldout_accuracy']:.2f}"]
+             + ([f"{r['finetuned_accuracy']:.2f}" if "finetuned_accuracy" in r else "-"] if proxy else [])
+             + [_human(r["macs"]), _human(r["params"]), f"{r['seconds']:.1f}"] for r in a["leaderboard"]]
     note = f"method auto chose {a['chosen']} by accuracy on {a['heldout_images']} held-out training images"
+    if proxy:
+        note += f" after {a['finetune_steps']} steps of distillation (the {a['finalists']} best one-shot candidates)"
     if a.get("stopped_early"):
         untried = sum("search budget" in r["reason"] for r in a["skipped"])
         note += f" (search budget spent: {untried} candidates not tried)"

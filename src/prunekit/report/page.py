@@ -281,14 +281,17 @@ def auto_section(s: dict) -> str:
     rows = [r for r in a.get("leaderboard") or [] if isinstance(r, dict)]
     if not rows:
         return ""
+    proxy = any(_is_number(r.get("finetuned_accuracy")) for r in rows)
     body = (f"<p>Method auto planned each candidate, re-estimated its BatchNorm statistics and measured its accuracy "
-            f"on {_int(a.get('heldout_images'))} held-out training images (never the test set); it chose "
-            f"<b>{esc(a.get('chosen'))}</b>, whose plan this report shows.</p>")
-    body += table(["candidate", "held-out top-1 %", "MACs", "params", "seconds"],
-                  [[r.get("candidate", ""),
-                    f"{r['heldout_accuracy']:.2f}" if _is_number(r.get("heldout_accuracy")) else "-",
-                    _int(r.get("macs")), _int(r.get("params")),
-                    f"{r['seconds']:.2f}" if _is_number(r.get("seconds")) else "-"] for r in rows])
+            f"on {_int(a.get('heldout_images'))} held-out training images (never the test set)"
+            + (f"; the {_int(a.get('finalists'))} best were then distilled from the dense model for "
+               f"{_int(a.get('finetune_steps'))} steps and ranked by their held-out accuracy after it" if proxy else "")
+            + f". It chose <b>{esc(a.get('chosen'))}</b>, whose plan this report shows.</p>")
+    pct = lambda v: f"{v:.2f}" if _is_number(v) else "-"  # noqa: E731
+    body += table(["candidate", "held-out top-1 %"] + (["after distillation %"] if proxy else []) + ["MACs", "params", "seconds"],
+                  [[r.get("candidate", ""), pct(r.get("heldout_accuracy"))]
+                   + ([pct(r.get("finetuned_accuracy"))] if proxy else [])
+                   + [_int(r.get("macs")), _int(r.get("params")), pct(r.get("seconds"))] for r in rows])
     skipped = [r for r in a.get("skipped") or [] if isinstance(r, dict)]
     if skipped:
         body += details(f"{len(skipped)} candidates not scored",
