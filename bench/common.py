@@ -28,11 +28,18 @@ def machine() -> str:
 
 
 def compress_reestimated(dense, x, budget, method: str, data, seed: int = 0, bn_batches: int = 20,
-                         options: dict | None = None):
+                         options: dict | None = None, reconstruct: int = 0):
     """``prunekit.compress`` with BatchNorm re-estimated on ``bn_batches`` x 128 training images (seeded
     by ``seed``, as ``recalibrate_bn`` does for Torch-Pruning's models): by compress itself where it
     takes ``bn_batches`` (it then records ``summary["batchnorm"]``), else here, so the bench scripts
-    work on either side of that change."""
+    work on either side of that change. ``reconstruct``: compress's layer reconstruction (images; the
+    bench scripts measure without it unless asked)."""
+    if "reconstruct" in inspect.signature(prunekit.compress).parameters:
+        result = prunekit.compress(dense, x, budget, method=method, data=data, seed=seed, options=options,
+                                   bn_batches=bn_batches, reconstruct=reconstruct)
+        if result.summary.get("batchnorm") not in ("re-estimated", "none"):
+            raise RuntimeError(f"compress left BatchNorm {result.summary.get('batchnorm')!r} with data given")
+        return result
     if "bn_batches" in inspect.signature(prunekit.compress).parameters:
         result = prunekit.compress(dense, x, budget, method=method, data=data, seed=seed, options=options,
                                    bn_batches=bn_batches)

@@ -85,7 +85,7 @@ def main(argv=None) -> int:
 
     def run(budget, method, batch, **kw):
         t0 = time.perf_counter()
-        r = prunekit.compress(model, x, budget, method=method, data=data, seed=0, bn_batches=0,
+        r = prunekit.compress(model, x, budget, method=method, data=data, seed=0, bn_batches=0, reconstruct=0,
                               calibration_batches=args.calibration_batches, latency={**base, "batch": batch, **kw.pop("lat", {})},
                               **kw)
         r.summary["seconds"]["bench_wall"] = time.perf_counter() - t0

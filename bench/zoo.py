@@ -73,7 +73,8 @@ def run_one(name: str, side: int, method: str, model, x, cache: dict) -> dict:
     row = {"model": name, "input": side, "method": method}
     t0 = time.perf_counter()
     try:
-        r = prunekit.compress(model, x, 0.5, method=method, data=data, calibration_batches=1, calibration_batch_size=8)
+        r = prunekit.compress(model, x, 0.5, method=method, data=data, calibration_batches=1, calibration_batch_size=8,
+                              reconstruct=0)
     except PrunekitError as e:
         row.update(status="refused", seconds=round(time.perf_counter() - t0, 2), message=one_line(e),
                    one_line="\n" not in str(e).strip(), before_calibration=not data.read)

@@ -90,6 +90,15 @@ def test_heldout_images_are_training_images_apart_from_calibration_and_batchnorm
 
     monkeypatch.setattr(auto_module, "recalibrate_bn", phase("bn", auto_module.recalibrate_bn))
     monkeypatch.setattr(auto_module, "evaluate", phase("heldout", auto_module.evaluate))
+    refit = auto_module.reconstruct_result
+
+    def refit_logged(result, dense, graph, data, *args):  # scoring refits on the BatchNorm part, the result on all
+        logged.phase = "refit" if data is not logged else "after"
+        try:
+            return refit(result, dense, graph, data, *args)
+        finally:
+            logged.phase = "after"
+    monkeypatch.setattr(auto_module, "reconstruct_result", refit_logged)
     result = run_auto(model, logged)
     read = logged.read
     assert read["calibration"] and read["bn"] and read["heldout"]
@@ -97,7 +106,8 @@ def test_heldout_images_are_training_images_apart_from_calibration_and_batchnorm
     assert not read["heldout"] & read["bn"]
     assert not read["heldout"] & read["calibration"]
     rest, held = holdout_split(train, 0.1, 0)
-    assert read["heldout"] <= set(held.indices) and read["bn"] <= set(rest.indices)
+    assert read["heldout"] <= set(held.indices) and read["bn"] | read["refit"] <= set(rest.indices)
+    assert read["refit"] and not read["heldout"] & read["refit"]
     heldout = set(held.indices) - read["calibration"]
     assert result.summary["auto"]["heldout_images"] == len(read["heldout"]) == len(heldout)
     assert result.summary["auto"]["calibration_images"] == 32 <= len(read["calibration"])
@@ -206,9 +216,9 @@ def test_finetune_proxy_ranks_the_finalists_after_distillation(model, train, mon
     trained = []
     original = auto_module.distilled_accuracy
 
-    def proxy(result, *args):
+    def proxy(result, *args, **kwargs):
         trained.append(result.summary["method"]["name"])
-        return original(result, *args)
+        return original(result, *args, **kwargs)
 
     monkeypatch.setattr(auto_module, "distilled_accuracy", proxy)
     result = run_auto(model, train, finetune_steps=2, finalists=2)

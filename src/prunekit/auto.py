@@ -35,6 +35,7 @@ from .budget import Budget
 from .criteria import CRITERIA
 from .data import holdout_split
 from .errors import BudgetError, ConfigError
+from .reconstruct import reconstruct_result
 from .methods import AUTO, PRESETS, resolve
 from .signals import Signals
 from .train import evaluate, recalibrate_bn
@@ -173,12 +174,14 @@ def searched_images(data: Dataset, recipes: dict, options: dict[str, dict], seed
 
 
 def distilled_accuracy(result, teacher: nn.Module, rest: Dataset, held: Dataset, steps: int, lr: float,
-                       bn_batches: int, seed: int) -> float:
+                       bn_batches: int, seed: int, refit=lambda result: None) -> float:
     """Held-out accuracy of a copy of the candidate after ``steps`` steps of distillation from the
     dense model on ``rest``: one-shot accuracy does not predict the order after fine-tuning (on
     ResNet-20 at 20% MACs the best one-shot candidate was the worst after one epoch)."""
     from .train import Recipe, fit
-    student = copy.deepcopy(result.model)
+    result = copy.deepcopy(result)
+    refit(result)
+    student = result.model
     recalibrate_bn(student, rest, batches=bn_batches, seed=seed)
     fit(student, rest, Recipe(epochs=1, lr=lr, batch_size=128, max_steps_per_epoch=steps, seed=seed),
         teacher=teacher, progress=False)
@@ -198,7 +201,7 @@ def auto(model: nn.Module, example_inputs, budget: Budget, data: Dataset | None,
          search_budget: float | None = None, holdout: float = 0.1, holdout_images: int | None = 5000,
          finetune_steps: int = 0, finalists: int = 3, finetune_lr: float = 0.05, bn_batches: int = 20,
          ignore=(), min_width: float = 0.05, round_to: int = 1, calibration_batches: int = 5,
-         calibration_batch_size: int = 128, progress: bool = False):
+         calibration_batch_size: int = 128, progress: bool = False, reconstruct: int = 512):
     """The Result of the candidate with the best held-out accuracy (after BatchNorm re-estimation),
     exactly as a plain ``compress`` with that method, seed and ``summary["auto"]["options"]`` makes
     it; ``summary["auto"]`` holds the leaderboard. ``search_budget`` (seconds) stops the search with
@@ -207,7 +210,8 @@ def auto(model: nn.Module, example_inputs, budget: Budget, data: Dataset | None,
     many steps of batch 128 (peak LR ``finetune_lr``) and ranked by their held-out accuracy after it.
     ``candidate_options``: {candidate: options} (default: ``CANDIDATE_OPTIONS`` by allocator).
     ``bn_batches`` as in compress (0: the returned model keeps stale statistics; candidates are still
-    scored after re-estimation). Pass the training set without augmentation."""
+    scored after re-estimation). ``reconstruct`` as in compress: every candidate is scored after it
+    (refit on images of the BatchNorm part). Pass the training set without augmentation."""
     from .pipeline import prepare, reestimate_batchnorm  # pipeline dispatches method="auto" here
     t_start = time.perf_counter()
     if data is None:
@@ -268,7 +272,8 @@ def auto(model: nn.Module, example_inputs, budget: Budget, data: Dataset | None,
         except (ConfigError, BudgetError) as e:
             skipped.append({"candidate": name, "reason": str(e)})
             continue
-        pristine = copy.deepcopy(result)  # what a plain compress has before its own BatchNorm re-estimation
+        pristine = copy.deepcopy(result)  # what a plain compress has before its reconstruction and re-estimation
+        reconstruct_result(result, model, p.graph, bn_part, reconstruct, seed)
         recalibrate_bn(result.model, bn_part, batches=bn_batches or BN_BATCHES, seed=seed)
         board.append({"candidate": name, "heldout_accuracy": evaluate(result.model, held),
                       "macs": result.summary["macs"]["pruned"], "params": result.summary["params"]["pruned"],
@@ -285,11 +290,13 @@ def auto(model: nn.Module, example_inputs, budget: Budget, data: Dataset | None,
         t3 = time.perf_counter()
         teacher = copy.deepcopy(model).eval()
         for i in _order(board)[:finalists]:
-            board[i]["finetuned_accuracy"] = distilled_accuracy(kept[i], teacher, bn_part, held, finetune_steps,
-                                                                 finetune_lr, bn_batches or BN_BATCHES, seed)
+            board[i]["finetuned_accuracy"] = distilled_accuracy(
+                kept[i], teacher, bn_part, held, finetune_steps, finetune_lr, bn_batches or BN_BATCHES, seed,
+                refit=lambda r: reconstruct_result(r, model, base.graph, bn_part, reconstruct, seed))
         seconds["finetune_proxy"] = time.perf_counter() - t3
     order = _order(board)
     result = kept[order[0]]
+    reconstruct_result(result, model, base.graph, data, reconstruct, seed)
     reestimate_batchnorm(result, data, bn_batches, seed)
     seconds["search"] = time.perf_counter() - t_start
     chosen = board[order[0]]
@@ -299,7 +306,8 @@ def auto(model: nn.Module, example_inputs, budget: Budget, data: Dataset | None,
         "bn_batches": bn_batches or BN_BATCHES, "calibration_images": sum(len(x) for x, _ in shared.batches()),
         "excluded_searched_images": len(unseen - recorded.read), "search_budget": search_budget,
         "stopped_early": stopped, "finetune_steps": finetune_steps,
-        "finalists": min(finalists, len(board)) if finetune_steps else 0, "seconds": seconds}
+        "finalists": min(finalists, len(board)) if finetune_steps else 0, "reconstruct": reconstruct,
+        "seconds": seconds}
     result.summary["seconds"]["search"] = seconds["search"]
     result.summary["seconds"]["total"] = time.perf_counter() - t_start
     return result

@@ -11,6 +11,7 @@ import torch
 
 from . import io
 from .errors import ConfigError, PrunekitError
+from .reconstruct import after_pruning
 
 EXIT_USER_ERROR = 2
 STALE_BN = ("note: the pruned model keeps the dense model's BatchNorm statistics, which are wrong for it: "
@@ -42,6 +43,8 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option", action="append", help="method option name=value, e.g. beta=500 (repeatable)")
     p.add_argument("--bn-batches", type=int, default=20,
                    help="training batches of 128 to re-estimate the pruned model's BatchNorm statistics (0: off)")
+    p.add_argument("--reconstruct", type=int, default=512,
+                   help="training images to refit the pruned layers to the dense model's outputs on (0: off)")
     p.add_argument("--eval-images", type=int, help="evaluate on the first N test images (default: all)")
 
 
@@ -153,7 +156,7 @@ def cmd_compress(args) -> int:
     result = compress(model, x, budget, method=method, data=train, seed=args.seed,
                       ignore=[s for s in (args.ignore or "").split(",") if s], min_width=args.min_width,
                       round_to=args.round_to, calibration_batches=args.calibration_batches,
-                      options=options, progress=True, bn_batches=args.bn_batches,
+                      options=options, progress=True, bn_batches=args.bn_batches, reconstruct=args.reconstruct,
                       **({"latency": latency} if latency is not None else {}))
     plan_seconds = time.perf_counter() - t0
     summary = result.summary
@@ -273,7 +276,7 @@ def _compress_text(s: dict, out: Path) -> str:
     if s.get("budget_note"):
         lines.append(f"budget: {s['budget_note']}")
     if "accuracy_dense" in s:
-        lines.append(f"accuracy: dense {s['accuracy_dense']:.2f}%  pruned (BatchNorm {'re-estimated' if s.get('bn_batches') else 'not re-estimated'}, no fine-tuning) "
+        lines.append(f"accuracy: dense {s['accuracy_dense']:.2f}%  pruned ({after_pruning(s)}, no fine-tuning) "
                      f"{s['accuracy_pruned_bn']:.2f}%")
     if "accuracy_finetuned" in s:
         lines.append(f"accuracy after {len(s['finetune']['epochs'])} fine-tuning epochs with distillation: "

@@ -19,6 +19,7 @@ from .errors import BudgetError, ConfigError, PrunekitError
 from .graph import UnitGraph
 from .methods import AUTO, Method, is_lowrank, resolve
 from .plan import Plan
+from .reconstruct import check_images, reconstruct_result
 from .signals import Signals
 
 
@@ -83,6 +84,7 @@ def compress(
     progress: bool = False,
     bn_batches: int = 20,
     latency: Mapping | None = None,
+    reconstruct: int = 512,
 ) -> Result:
     """Prune a copy of ``model`` to ``budget``; the input model is left untouched.
 
@@ -94,15 +96,18 @@ def compress(
     snap, ...); a speedup/latency_ms budget measures with the defaults when it is None.
     ``round_to`` (None): widths in multiples of the latency tables' ``step`` under a latency budget
     (the widths the tables measured rather than interpolated, and the fast ones), else free.
+    ``reconstruct`` (training images; 0: off): with ``data``, every layer whose inputs were pruned is
+    refit to the dense model's outputs before BatchNorm is re-estimated (``prunekit.reconstruct``).
     """
     budget = as_budget(budget)
     round_to = default_round_to(round_to, budget, latency)
     check_bn_batches(bn_batches)
+    check_images(reconstruct)
     if method == AUTO.name:  # plans every candidate, returns the best one's compress (prunekit.auto)
         from .auto import auto, options as auto_options
         return auto(model, example_inputs, budget, data, seed, ignore=ignore, min_width=min_width, round_to=round_to,
                     calibration_batches=calibration_batches, calibration_batch_size=calibration_batch_size,
-                    bn_batches=bn_batches, progress=progress, **auto_options(options))
+                    bn_batches=bn_batches, progress=progress, reconstruct=reconstruct, **auto_options(options))
     if is_lowrank(method):  # decompositions, alone or after channel pruning ("l1+global,svd"): prunekit.lowrank
         from .lowrank.method import compress_lowrank
         return compress_lowrank(model, example_inputs, budget, method, data, seed, ignore=ignore, min_width=min_width,
@@ -122,6 +127,7 @@ def compress(
         if timed:
             from .latency import measure_result
             measure_result(result, model, example_inputs, prepared.latency)
+    reconstruct_result(result, model, prepared.graph, data, reconstruct, seed)
     reestimate_batchnorm(result, data, bn_batches, seed)
     return result
 

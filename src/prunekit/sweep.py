@@ -21,6 +21,7 @@ from . import io
 from .budget import Budget
 from .errors import ConfigError
 from .pipeline import Result, as_budget, check_bn_batches, prepare, reestimate_batchnorm
+from .reconstruct import check_images, reconstruct_result
 from .train import Recipe, evaluate, fit
 
 SWEEP_JSON, SWEEP_PLOT = "sweep.json", "accuracy_vs_macs.png"
@@ -96,6 +97,7 @@ def sweep(
     finetune: Recipe | None = None,
     finetune_data: Dataset | None = None,
     bn_batches: int = 20,
+    reconstruct: int = 512,
     eval_images: int | None = None,
     device: str | torch.device | None = None,
     out: str | Path | None = None,
@@ -117,6 +119,7 @@ def sweep(
     """
     parsed = check_budgets(budgets)
     check_bn_batches(bn_batches)
+    check_images(reconstruct)
     if (test_data is not None or finetune is not None) and data is None:
         raise ConfigError("evaluating or fine-tuning sweep points needs training data: pass data=... (CLI: --dataset)")
     if out is not None:
@@ -136,7 +139,8 @@ def sweep(
     for (label, budget), target in zip(parsed, targets):
         t0 = time.perf_counter()
         pruned = prepared.prune(budget, target, seed, fresh=True)
-        reestimate_batchnorm(pruned, data, bn_batches, seed)  # the same step compress takes
+        reconstruct_result(pruned, model, prepared.graph, data, reconstruct, seed)  # the same steps compress takes
+        reestimate_batchnorm(pruned, data, bn_batches, seed)
         point = Point(label, pruned, shared + time.perf_counter() - t0)
         pruned.summary["seconds"]["to_plan"] = point.seconds_to_plan
         if result.accuracy_dense is not None:

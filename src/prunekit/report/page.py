@@ -13,6 +13,7 @@ from numbers import Real
 
 from .. import __version__
 from . import charts
+from ..reconstruct import after_pruning
 from .dagger import dagger_section
 
 CSS = """
@@ -126,9 +127,8 @@ def accuracy_section(s: dict) -> str:
     ft = s.get("finetune") or {}
     how = f"{len(ft.get('epochs') or [])} epochs" + (", distillation" if ft.get("distilled", True) else "")
     rows = []
-    bn = "BatchNorm re-estimated" if s.get("bn_batches") else "BatchNorm not re-estimated"
     for key, label in (("accuracy_dense", "dense"),
-                       ("accuracy_pruned_bn", f"pruned, {bn}, no fine-tuning"),
+                       ("accuracy_pruned_bn", f"pruned, {after_pruning(s)}, no fine-tuning"),
                        ("accuracy_finetuned", f"pruned and fine-tuned ({how})")):
         if _is_number(s.get(key)):
             delta = f"{s[key] - dense:+.2f}" if _is_number(dense) and key != "accuracy_dense" else ""
