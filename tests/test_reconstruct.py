@@ -104,9 +104,9 @@ def test_bad_image_counts_are_refused(bad):
         compress(chain(), X, 0.5, reconstruct=bad)
 
 
-def test_cli_refuses_a_negative_count_in_one_line(capsys, tmp_path):
-    code = main(["compress", "--model", "resnet20", "--budget", "flops=0.5", "--reconstruct", "-1",
-                 "--out", str(tmp_path / "o")])
+@pytest.mark.parametrize("command", [["compress", "--budget", "flops=0.5"], ["sweep", "--budgets", "0.5"]])
+def test_cli_refuses_a_negative_count_in_one_line(capsys, tmp_path, command):
+    code = main([*command, "--model", "resnet20", "--reconstruct", "-1", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error" in line]
     assert code != 0 and "Traceback" not in err and len(errors) == 1 and "reconstruct must be" in errors[0]

@@ -2,7 +2,7 @@
 
 No single method wins everywhere (on the shipped ResNet-20 the best method at 50% MACs is among the
 worst at 20%), and planning is cheap next to the accuracy gap between choices. So every candidate
-criterion x allocator is planned, its BatchNorm statistics re-estimated and its accuracy measured
+criterion x allocator is planned, refit (``reconstruct``), its BatchNorm statistics re-estimated and its accuracy measured
 on a held-out part of the *training* data (never the test set); the best one's plan is returned.
 
 The cost is one calibration plus a cheap step per candidate: the calibration batches (``Signals``)
@@ -202,7 +202,7 @@ def auto(model: nn.Module, example_inputs, budget: Budget, data: Dataset | None,
          finetune_steps: int = 0, finalists: int = 3, finetune_lr: float = 0.05, bn_batches: int = 20,
          ignore=(), min_width: float = 0.05, round_to: int = 1, calibration_batches: int = 5,
          calibration_batch_size: int = 128, progress: bool = False, reconstruct: int = 512):
-    """The Result of the candidate with the best held-out accuracy (after BatchNorm re-estimation),
+    """The Result of the candidate with the best held-out accuracy (after its refit and BatchNorm re-estimation),
     exactly as a plain ``compress`` with that method, seed and ``summary["auto"]["options"]`` makes
     it; ``summary["auto"]`` holds the leaderboard. ``search_budget`` (seconds) stops the search with
     the best so far (at least one candidate is always scored). ``finetune_steps`` > 0 (for a model

@@ -332,7 +332,8 @@ def cmd_sweep(args) -> int:
     _log(f"sweeping {args.model} over MACs budgets {', '.join(budgets)} with {args.method} ...")
     result = sweep(model, x, budgets, method=args.method, data=train, seed=args.seed, test_data=test,
                    finetune=finetune, finetune_data=_data(args, "train", augment=True) if finetune else None,
-                   bn_batches=args.bn_batches, eval_images=args.eval_images, device=args.device, out=args.out,
+                   bn_batches=args.bn_batches, reconstruct=args.reconstruct, eval_images=args.eval_images,
+                   device=args.device, out=args.out,
                    ignore=[s for s in (args.ignore or "").split(",") if s], min_width=args.min_width,
                    round_to=args.round_to or 1, calibration_batches=args.calibration_batches,
                    options=_options(args.option), progress=True)
