@@ -223,7 +223,8 @@ def prune_prunekit(dense: nn.Module, x: torch.Tensor, method: str, target: float
         extra["reconstruct"] = result.summary["reconstruction"]
     if "auto" in result.summary:
         extra["chosen"] = result.summary["auto"]["chosen"]
-        extra["leaderboard"] = [{k: v for k, v in row.items() if k in ("candidate", "heldout_accuracy", "finetuned_accuracy")}
+        extra["leaderboard"] = [{k: v for k, v in row.items() if k in ("candidate", "heldout_accuracy", "finetuned_accuracy",
+                                                                  "finetuned_with_refit", "finetuned_without_refit")}
                                 for row in result.summary["auto"]["leaderboard"][:5]]
     return result.model, extra
 
@@ -723,7 +724,7 @@ def oneshot_table(results: dict, name: str, target: float) -> list[str]:
     for method in ordered(results, runs):
         r = next(r for r in runs if r["method"] == method)
         acc = f"{r['accuracy_bn']:.2f}"
-        note = f" ({r['chosen']}{', refit' if r.get('reconstruct') else ''})" if r.get("chosen") else ""
+        note = f" ({r['chosen']}{', refit' if (r.get('reconstruct') or {}).get('layers') else ''})" if r.get("chosen") else ""
         row = [shown(method) + note, f"**{acc}**" if method in bold else acc, f"{r['macs'] / 1e6:.3f}",
                f"{100 * landing(r):.2f}", f"{r['params'] / 1e3:.1f}", f"{r['seconds_to_plan']:.1f}", training_seconds(r)]
         row += [f"{r['latency_ms']['cpu'][b]:.2f}" for b in batches]

@@ -225,13 +225,32 @@ def test_finetune_proxy_ranks_the_finalists_after_distillation(model, train, mon
     a = result.summary["auto"]
     rows = a["leaderboard"]
     proxied = [r for r in rows if "finetuned_accuracy" in r]
-    assert len(proxied) == len(trained) == a["finalists"] == 2 and a["finetune_steps"] == 2
+    assert len(proxied) == a["finalists"] == 2 and a["finetune_steps"] == 2
+    assert len(trained) == 4  # each finalist with and without its refit
     oneshot = sorted(rows, key=lambda r: -r["heldout_accuracy"])
     assert {r["candidate"] for r in proxied} == {r["candidate"] for r in oneshot[:2]}  # the one-shot best two
     assert rows[:2] == sorted(proxied, key=lambda r: -r["finetuned_accuracy"])  # ranked after distillation
+    for r in proxied:
+        both = (r["finetuned_with_refit"], r["finetuned_without_refit"])
+        assert r["finetuned_accuracy"] == max(both) and r["refit"] == (both[0] >= both[1])
     assert a["chosen"] == rows[0]["candidate"]
-    plain = compress(model, X, 0.5, method=a["chosen"], data=train, **FAST)
+    assert a["reconstruct"] == (512 if rows[0]["refit"] else 0)
+    plain = compress(model, X, 0.5, method=a["chosen"], data=train, reconstruct=a["reconstruct"], **FAST)
     assert result.plan.keep == plain.plan.keep
+    assert result.summary["reconstruction"] == {**plain.summary["reconstruction"],
+                                                "seconds": result.summary["reconstruction"]["seconds"]}
+    state, other = result.model.state_dict(), plain.model.state_dict()
+    assert all(torch.equal(state[k], other[k]) for k in state)
+
+
+def test_finetune_proxy_without_a_refit_scores_each_finalist_once(model, train, monkeypatch):
+    calls = []
+    original = auto_module.distilled_accuracy
+    monkeypatch.setattr(auto_module, "distilled_accuracy", lambda *a, **k: calls.append(1) or original(*a, **k))
+    result = compress(model, X, 0.5, method="auto", data=train, reconstruct=0, **FAST,
+                      options={"candidates": CANDIDATES, "finetune_steps": 2, "finalists": 2})
+    assert len(calls) == 2 and result.summary["auto"]["reconstruct"] == 0
+    assert all("refit" not in r for r in result.summary["auto"]["leaderboard"])
 
 
 @pytest.mark.parametrize("kwargs,needle", [
