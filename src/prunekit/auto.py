@@ -50,7 +50,7 @@ NOT_BY_DEFAULT = ("random", "ratios", "dagger", "fisher_iterative")
 # evaluations), tried once, last, with the CPU-sized swarm of CANDIDATE_OPTIONS.
 PRESETS_ONLY = ("global_raw", "acp")
 CANDIDATE_OPTIONS = {"acp": {"particles": 6, "cycles": 4, "fitness_batches": 5, "holdout_images": 1000}}
-PROXY_STEPS = 100  # finetune_steps when the CLI fine-tunes (--finetune-epochs): ~1/5 of an epoch of batch 128
+PROXY_STEPS = 300  # finetune_steps when the CLI fine-tunes (--finetune-epochs): ~2/3 of an epoch of batch 128 on Fashion-MNIST
 BN_BATCHES = 20  # candidates are always scored after re-estimation, also when the result keeps stale statistics
 OPTIONS = ("candidates", "candidate_options", "search_budget", "holdout", "holdout_images", "finetune_steps",
            "finalists", "finetune_lr")  # what options= may hold for auto
