@@ -243,6 +243,22 @@ def test_finetune_proxy_ranks_the_finalists_after_distillation(model, train, mon
     assert all(torch.equal(state[k], other[k]) for k in state)
 
 
+def test_a_proxy_that_scores_higher_without_the_refit_drops_it_from_the_winner(model, train, monkeypatch):
+    def proxy(result, *args, refit=None, **kwargs):  # the unrefit copy always scores higher
+        return 50.0 if refit else 60.0
+
+    monkeypatch.setattr(auto_module, "distilled_accuracy", proxy)
+    result = run_auto(model, train, finetune_steps=2, finalists=2)
+    a = result.summary["auto"]
+    assert a["reconstruct"] == 0 and not a["leaderboard"][0]["refit"]
+    assert result.summary["reconstruction"]["layers"] == 0
+    plain = compress(model, X, 0.5, method=a["chosen"], data=train, reconstruct=0, **FAST)
+    state, other = result.model.state_dict(), plain.model.state_dict()
+    assert result.plan.keep == plain.plan.keep and all(torch.equal(state[k], other[k]) for k in state)
+    refit = compress(model, X, 0.5, method=a["chosen"], data=train, **FAST).model.state_dict()
+    assert not all(torch.equal(state[k], refit[k]) for k in state)  # the refit would have changed the weights
+
+
 def test_finetune_proxy_without_a_refit_scores_each_finalist_once(model, train, monkeypatch):
     calls = []
     original = auto_module.distilled_accuracy
