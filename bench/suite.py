@@ -852,13 +852,18 @@ def latency_rows(path: Path) -> list[str]:
     lat = json.loads(path.read_text())
     lines = [f"## Latency budgets ({lat['model']}, {lat['threads']} threads; bench/results/latency.md)", "",
              f"`{lat['command']}`: `speedup=S` planned by {lat['speedup_rows'][0]['method'] if lat['speedup_rows'] else '-'}"
-             f" with the closed loop; measured dense / pruned, back to back.", "",
-             "| batch | target | measured speed-up | within 10% | MACs reduction | plans |", "|---|---|---|---|---|---|"]
+             f"{' (residual branches removable)' if lat.get('drop_blocks') else ''} with the closed loop; measured dense / "
+             f"pruned, back to back; accuracy: first {lat.get('eval_images')} test images after BatchNorm re-estimation, "
+             f"no fine-tuning (dense {lat.get('dense_accuracy') or 0:.2f}).", "",
+             "| batch | target | measured speed-up | within 10% | MACs reduction | branches removed | accuracy | plans |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in lat["speedup_rows"]:
+        acc = f"{r['accuracy']:.2f}" if r.get("accuracy") is not None else "-"
         lines.append(f"| {r['batch']} | {r['target_speedup']:g}x | {r['measured_speedup']:.2f}x | "
-                     f"{'yes' if r['within_10pct'] else 'no'} | {r['macs_reduction']:.2f}x | {r.get('plans', 1)} |")
+                     f"{'yes' if r['within_10pct'] else 'no'} | {r['macs_reduction']:.2f}x | {r.get('dropped_blocks', 0)} | "
+                     f"{acc} | {r.get('plans', 1)} |")
     for u in lat.get("unreachable", []):
-        lines.append(f"| {u['batch']} | {u['target_speedup']:g}x | refused: {u['error']} | | | |")
+        lines.append(f"| {u['batch']} | {u['target_speedup']:g}x | refused: {u['error']} | | | | | |")
     return lines + [""]
 
 

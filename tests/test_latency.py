@@ -1,6 +1,7 @@
 """Latency budgets (prunekit.latency): cache reuse, feasibility, interpolation, parsing, allocators,
 snapping and the CLI. Timings are replaced by a deterministic counter (MACs of the timed call), so
 nothing here asserts a timing."""
+import dataclasses
 import json
 import math
 
@@ -85,11 +86,21 @@ def test_unreachable_speedup_is_one_line(timer, prepared):
 
 
 def test_fixed_parts_bound_the_speedup(timer, prepared):
+    from prunekit.pipeline import CLOSED_LOOP_SLACK
     p = prepared
     most = p.dense["latency"] / p.smallest["latency"]
     assert p.targets(Budget(speedup=most * 0.99))["latency"] >= p.smallest["latency"]
+    # a little past the tables' floor: left to the closed loop, which times the smallest model first
+    assert p.targets(Budget(speedup=most * 1.01))["latency"] == pytest.approx(p.smallest["latency"])
     with pytest.raises(BudgetError):
-        p.targets(Budget(speedup=most * 1.01))
+        p.targets(Budget(speedup=most * CLOSED_LOOP_SLACK * 1.01))
+    untimed = p.latency
+    try:  # without the closed loop the tables' floor is the limit
+        p.latency = dataclasses.replace(untimed, feedback=0)
+        with pytest.raises(BudgetError):
+            p.targets(Budget(speedup=most * 1.01))
+    finally:
+        p.latency = untimed
 
 
 def test_table_is_exact_at_sampled_points(timer, prepared):
@@ -266,6 +277,7 @@ def test_cli_speedup_budget_reports_predicted_and_measured(timer, tmp_path, caps
     (["--budget", "latency_ms=-3"], "latency_ms"),
     (["--budget", "speedup=2", "--threads", "0"], "threads"),
     (["--budget", "speedup=1000"], "at most speedup="),
+    (["--budget", "flops=0.5", "--method", "svd", "--drop-blocks"], "drop_blocks"),
 ])
 def test_cli_bad_latency_input(timer, tmp_path, capsys, argv, needle):
     base = ["compress", "--model", "resnet20", "--in-channels", "1", "--input-size", "8", "--latency-samples", "2",
@@ -284,3 +296,38 @@ def test_bench_latency_refuses_a_non_run(tmp_path, capsys):
 
 def test_public_budget_api_is_exported():
     assert prunekit.Budget(speedup=2).describe() == "speedup=2"
+
+
+def test_onnxruntime_runtime_times_the_exported_layer_and_keeps_its_own_cache(timer, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    config = LatencyConfig(runtime="onnxruntime", threads=1, **FAST)
+    layer = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.BatchNorm2d(5), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 3, 6, 6)
+    run = measure.runner(layer, x, config)
+    with torch.no_grad():
+        np.testing.assert_allclose(run()[0], layer(x).numpy(), rtol=1e-4, atol=1e-5)  # what runs is the layer
+    from prunekit.latency import Store
+    torch_store, ort_store = Store("cpu", 1), Store("cpu", 1, runtime="onnxruntime")
+    assert torch_store.path != ort_store.path and "onnxruntime" in ort_store.path.name
+    # a layer timed alone pays one session call, which inside a model it does not: it is subtracted
+    calls = iter([0.5, 0.2])  # the layer, then the Identity graph on the same input
+    monkeypatch.setattr(measure, "time_callable", lambda *a, **k: next(calls))
+    spec = measure.layer_specs(layer, x)[0]
+    assert measure.layer_ms(spec, 5, 3, 2, config, ort_store) == pytest.approx(0.3)
+    with pytest.raises(ConfigError, match="runtime"):
+        LatencyConfig(runtime="tensorrt")
+
+
+def test_tables_are_calibrated_on_the_dense_and_the_smallest_model(timer, prepared):
+    from prunekit.latency.table import calibrate
+    residual, scale = calibrate(10.0, 8.0, 4.0, 2.0)  # through (8, 10) and (2, 4)
+    assert residual + scale * 8 == pytest.approx(10) and residual + scale * 2 == pytest.approx(4)
+    assert calibrate(12.0, 10.0, 2.0, 4.0) == (2.0, 1.0)  # a negative residual: the dense residual instead
+    assert calibrate(5.0, 10.0, None, 4.0) == (0.0, 0.5)  # layers alone above the model: a scale
+    lat = prepared.cost.latency
+    smallest = [v for k, v in lat.store.entries.items() if "|smallest|" in k and f"|b{lat.batch}|" in k]
+    assert len(smallest) == 1  # measured once, then cached with the tables
+    lo = prepared.cost.vector({u.name: u.min_keep for u in prepared.graph.units})
+    parts = [sum(t.at(w)[0] for t in lat.layers) for w in (prepared.cost.dense_widths, lo)]
+    assert (lat.residual, lat.scale) == calibrate(lat.dense_ms, parts[0], smallest[0], parts[1])
+    assert lat(prepared.cost.dense_widths) == pytest.approx(lat.dense_ms, rel=1e-9)

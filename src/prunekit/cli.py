@@ -157,7 +157,7 @@ def cmd_compress(args) -> int:
                       ignore=[s for s in (args.ignore or "").split(",") if s], min_width=args.min_width,
                       round_to=args.round_to, calibration_batches=args.calibration_batches,
                       options=options, progress=True, bn_batches=args.bn_batches, reconstruct=args.reconstruct,
-                      **({"latency": latency} if latency is not None else {}))
+                      drop_blocks=args.drop_blocks, **({"latency": latency} if latency is not None else {}))
     plan_seconds = time.perf_counter() - t0
     summary = result.summary
     summary["seconds"]["to_plan"] = plan_seconds
@@ -283,6 +283,11 @@ def _compress_text(s: dict, out: Path) -> str:
                      f"{s['accuracy_finetuned']:.2f}%")
     if "latency" in s:
         lines += ["", _latency_text(s["latency"])]
+    if s.get("depth"):
+        d = s["depth"]
+        tried = ", ".join(f"{c['dropped']}: {c['fitness']:.1f}%" if c.get("fitness") is not None else str(c["dropped"])
+                          for c in d["candidates"])
+        lines.append(f"removed {d['chosen']} residual branches, chosen by {d['selected_by']} (tried {tried})")
     if "auto" in s:
         lines += ["", _leaderboard_text(s["auto"])]
     lines.append(f"method {s['method']['name']} ({s['method']['criterion']} + {s['method']['allocator']}), "
@@ -485,7 +490,7 @@ def _latency_options(args, budget) -> dict | None:
         return None
     from .latency import LatencyConfig
     options = {"batch": args.latency_batch, "samples": args.latency_samples, "step": args.latency_step or None,
-               "snap": args.snap}
+               "snap": args.snap, "runtime": args.latency_runtime}
     if args.threads is not None:
         options["threads"] = args.threads
     LatencyConfig.of(options)  # checked before any work
@@ -498,7 +503,7 @@ def _latency_text(lat: dict) -> str:
         for b, r in lat.get(source, {}).items():
             rows.append(["", b, f"{r['dense_ms']:.3f}", f"{r['pruned_ms']:.3f}", f"{r['speedup']:.2f}x", source])
     target = f"target {lat['target_ms']:.3f} ms at batch {lat['batch']}, " if lat.get("target_ms") else ""
-    note = f"{target}{lat['threads']} threads on {lat['device']}"
+    note = f"{target}{lat['threads']} threads on {lat['device']}, {lat.get('runtime', 'torch')}"
     if lat.get("snapped"):
         note += f"; snapped {len(lat['snapped'])} Units to latency stair ends"
     return _table(rows) + "\n" + note
@@ -578,7 +583,12 @@ def parser() -> argparse.ArgumentParser:
                    help="time each layer at every multiple of this many channels (0: --latency-samples sizes)")
     c.add_argument("--latency-samples", type=int, default=4,
                    help="evenly spaced sizes per channel dim of each layer table when --latency-step is 0")
+    c.add_argument("--latency-runtime", choices=["torch", "onnxruntime"], default="torch",
+                   help="what the latency budget times: eager PyTorch, or the model exported to ONNX and run by "
+                        "onnxruntime (CPU) as it would be deployed")
     c.add_argument("--snap", action="store_true", help="snap each Unit to the end of its measured latency staircase")
+    c.add_argument("--drop-blocks", action="store_true",
+                   help="let a residual branch's inner width go to 0, removing the branch (its per-op time too)")
     c.set_defaults(func=cmd_compress)
 
     w = sub.add_parser("sweep", help="prune to several MACs budgets in one run (shared calibration)")

@@ -20,6 +20,8 @@ from torch.utils import _pytree as pytree
 from torch_pruning import ops
 from torch_pruning.pruner.function import BasePruningFunc
 
+from .drop import drop as drop_unit
+from .drop import droppable
 from .errors import ConfigError, PrunekitError, UnsupportedLayerError
 
 _NORM_TYPES = (ops.OPTYPE.BN, ops.OPTYPE.LN, ops.OPTYPE.GN, ops.OPTYPE.IN, ops.OPTYPE.PRELU)
@@ -330,6 +332,7 @@ class UnitGraph:
         ignore: Iterable[str] = (),
         min_width: float = 0.0,
         round_to: int = 1,
+        drop_blocks: bool = False,
     ):
         self.model = model
         self.example_inputs = example_inputs
@@ -366,6 +369,12 @@ class UnitGraph:
                 unit.min_keep = max(unit.min_keep, unit.step)
                 self.units.append(unit)
                 self._roots[unit.name] = group[0].dep.target.module
+        # Units whose width 0 removes a residual branch (drop.py); they may go there only when asked
+        self.droppable = droppable(self)
+        self.branch_min = {}  # their minimum widths while kept (prunekit.depth plans with them)
+        for unit in self.units:
+            if drop_blocks and unit.name in self.droppable:
+                self.branch_min[unit.name], unit.min_keep = unit.min_keep, 0
 
     def _trace(self, model: nn.Module, example_inputs) -> list:
         """Torch-Pruning's DependencyGraph and its groups. Ignored modules it has no pruner for are
@@ -563,10 +572,14 @@ class UnitGraph:
         unknown = sorted(set(keep) - {u.name for u in self.units})
         if unknown:
             raise ConfigError(f"plan names unknown unit(s) {unknown[:3]}; was it made for another model?")
+        dropped = []
         for unit in self.units:
             if unit.name not in keep:
                 continue
             kept = sorted({int(i) for i in keep[unit.name]})
+            if not kept and unit.name in self.droppable:
+                dropped.append(unit)  # after every other Unit: the stand-ins keep the pruned shapes
+                continue
             _check_keep(unit, kept)
             drop = sorted(set(range(unit.width)) - set(kept))
             if not drop:
@@ -579,6 +592,8 @@ class UnitGraph:
                 raise UnsupportedLayerError(
                     f"Torch-Pruning failed to prune unit {unit.name!r} ({type(e).__name__}: {_first_line(e)}); "
                     f"pass ignore=['{unit.name}'] (CLI: --ignore {unit.name})") from e
+        for unit in dropped:
+            drop_unit(self.model, unit, self.example_inputs)
         self.check_runs()
         return self.model
 

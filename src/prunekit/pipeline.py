@@ -58,6 +58,10 @@ def split_options(options: Mapping[str, object], criterion, allocator, method: s
             {k: v for k, v in options.items() if k in takes[1] and k not in takes[0]})
 
 
+# a latency target up to this factor below the tables' smallest model is left to the closed loop's timing
+CLOSED_LOOP_SLACK = 1.5
+
+
 def default_round_to(round_to: int | None, budget: Budget, latency) -> int:
     if round_to is not None:
         return round_to
@@ -85,6 +89,7 @@ def compress(
     bn_batches: int = 20,
     latency: Mapping | None = None,
     reconstruct: int = 512,
+    drop_blocks: bool = False,
 ) -> Result:
     """Prune a copy of ``model`` to ``budget``; the input model is left untouched.
 
@@ -98,11 +103,16 @@ def compress(
     (the widths the tables measured rather than interpolated, and the fast ones), else free.
     ``reconstruct`` (training images; 0: off): with ``data``, every layer whose inputs were pruned is
     refit to the dense model's outputs before BatchNorm is re-estimated (``prunekit.reconstruct``).
+    ``drop_blocks``: the inner Unit of a residual branch may go to width 0, which removes the branch
+    (``prunekit.drop``): the per-op time that no width removes, the most of it at batch 1 on a CPU.
     """
     budget = as_budget(budget)
     round_to = default_round_to(round_to, budget, latency)
     check_bn_batches(bn_batches)
     check_images(reconstruct)
+    if drop_blocks and (method == AUTO.name or is_lowrank(method)):
+        raise ConfigError(f"drop_blocks works with the channel-pruning methods, not {method!r}; pick one "
+                          f"(e.g. l1+global) or leave drop_blocks off")
     if method == AUTO.name:  # plans every candidate, returns the best one's compress (prunekit.auto)
         from .auto import auto, options as auto_options
         return auto(model, example_inputs, budget, data, seed, ignore=ignore, min_width=min_width, round_to=round_to,
@@ -115,7 +125,7 @@ def compress(
                                 calibration_batch_size=calibration_batch_size, options=options, progress=progress,
                                 bn_batches=bn_batches)
     prepared = prepare(model, example_inputs, method, ignore=ignore, min_width=min_width, round_to=round_to,
-                       options=options, latency=latency)
+                       options=options, latency=latency, drop_blocks=drop_blocks)
     targets = prepared.targets(budget)
     prepared.score(data, seed, calibration_batches, calibration_batch_size, progress)
     timed = prepared.latency is not None and prepared.latency.measure  # measured next to the prediction
@@ -183,6 +193,12 @@ class Prepared:
             from .latency import attach
             attach(self)
         targets = budget.targets(self.dense)
+        lat = self.latency
+        if "latency" in targets and lat is not None and lat.measure and lat.feedback and \
+                targets["latency"] * CLOSED_LOOP_SLACK >= self.smallest["latency"]:
+            # the tables' prediction is not the timing (per-op overhead inside a model differs): the closed
+            # loop times the smallest model before it refuses (prunekit.latency.feedback)
+            targets["latency"] = max(targets["latency"], self.smallest["latency"])
         budget.check_feasible(targets, self.smallest, self.dense)
         return targets
 
@@ -209,7 +225,13 @@ class Prepared:
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(self.rng_state)
-            widths = self.allocator(self.graph, self.cost, targets, self.scores, self.signals, seed, **self.options[1])
+            depth = None
+            if self.graph_options.get("drop_blocks") and self.graph.droppable:  # which branches go first
+                from .depth import allocate as allocate_depth
+                widths, depth = allocate_depth(self, targets, seed)
+            else:
+                widths = self.allocator(self.graph, self.cost, targets, self.scores, self.signals, seed,
+                                        **self.options[1])
         snapped = None
         if self.latency is not None and self.latency.snap:  # hardware-friendly widths (prunekit.latency.snap)
             from .latency import snap_widths
@@ -230,6 +252,8 @@ class Prepared:
             from .latency import predicted
             summary["latency"] = {**predicted(self.cost, plan.widths, targets), "snapped": snapped}
         summary["signals"] = self.signals.record
+        if depth is not None:
+            summary["depth"] = depth
         summary["seconds"] = {**self.seconds, "allocation": t_alloc - t0, "copy": t_copy - t_alloc,
                               "surgery": t_apply - t_copy}
         # phases an allocator timed inside its allocation (dagger: gate_training), shown beside them
@@ -239,7 +263,8 @@ class Prepared:
 
 
 def prepare(model: nn.Module, example_inputs, method: str = "l1", *, ignore=(), min_width: float = 0.05,
-            round_to: int = 1, options: Mapping[str, object] | None = None, latency=None) -> Prepared:
+            round_to: int = 1, options: Mapping[str, object] | None = None, latency=None,
+            drop_blocks: bool = False) -> Prepared:
     """Resolve the method and build the UnitGraph and CostModel of a copy of ``model``; then, before
     any data is read, check that the cost model measures the dense model exactly and that a trial
     surgery with random keep-sets works, so an unsupported model is refused in seconds."""
@@ -249,7 +274,7 @@ def prepare(model: nn.Module, example_inputs, method: str = "l1", *, ignore=(), 
     criterion, allocator = CRITERIA.get(recipe.criterion), ALLOCATORS.get(recipe.allocator)
     split = split_options(options or {}, criterion, allocator, recipe.name)
     t0 = time.perf_counter()
-    graph_options = {"ignore": ignore, "min_width": min_width, "round_to": round_to}
+    graph_options = {"ignore": ignore, "min_width": min_width, "round_to": round_to, "drop_blocks": bool(drop_blocks)}
     graph = UnitGraph(copy.deepcopy(model), example_inputs, **graph_options)
     if not len(graph):
         raise ConfigError("this model has no prunable layers (all are protected or ignored)")

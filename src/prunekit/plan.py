@@ -110,8 +110,8 @@ def _invalid(d) -> str | None:
         w, k = widths[name], keep[name]
         if not _is_int(full) or full < 1:
             return f"dense width of {name!r} must be a positive integer"
-        if not _is_int(w) or not 1 <= w <= full:
-            return f"width of {name!r} must be an integer in [1, {full}]"
+        if not _is_int(w) or not 0 <= w <= full:  # 0: a dropped residual branch (prunekit.drop)
+            return f"width of {name!r} must be an integer in [0, {full}]"
         if not isinstance(k, list) or len(k) != w:
             return f"keep of {name!r} must list exactly {w} channels"
         if not all(_is_int(i) and 0 <= i < full for i in k) or len(set(k)) != len(k):

@@ -17,7 +17,7 @@ def attach(prepared, config=None) -> LatencyConfig:
     """Measure (or read from the cache) the latency tables of ``prepared``'s still-dense graph at the
     config's batches, and make the budget batch's table the CostModel's ``latency`` cost."""
     config = LatencyConfig.of(config)
-    store = Store(config.device, config.threads, config.cache)
+    store = Store(config.device, config.threads, config.cache, config.runtime)
     costs = {b: build(prepared.graph, config, b, store) for b in config.report_batches}
     for c in costs.values():
         c.store = store
@@ -40,7 +40,7 @@ def predicted(cost, widths: dict[str, int], targets: dict) -> dict:
     for b, c in cost.latency_by_batch.items():
         dense, pruned = c(cost.dense_widths), c(w)
         rows[str(b)] = {"dense_ms": dense, "pruned_ms": pruned, "speedup": dense / pruned}
-    return {"batch": lat.batch, "threads": lat.config.threads, "device": lat.device,
+    return {"batch": lat.batch, "threads": lat.config.threads, "device": lat.device, "runtime": lat.config.runtime,
             "target_ms": targets.get("latency"), "predicted": rows, "snap": lat.config.snap,
             "tables": {str(b): c.describe() for b, c in cost.latency_by_batch.items()}}
 

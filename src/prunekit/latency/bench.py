@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch.utils import benchmark
 
 from ..errors import ConfigError
-from .measure import LatencyConfig, model_ms
+from .measure import LatencyConfig, model_ms, ort_session
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -26,14 +26,7 @@ def parse_batches(text: str) -> tuple[int, ...]:
 
 def onnx_ms(path: Path, shape: tuple[int, ...], batch: int, threads: int, run_time: float) -> float:
     """Median milliseconds of one onnxruntime run (CPU provider, ``threads`` intra-op threads)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ConfigError("--onnx needs onnxruntime: pip install onnxruntime") from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort_session(str(path), threads)
     name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
 

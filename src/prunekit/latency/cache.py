@@ -36,13 +36,22 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-class Store:
-    """Measurements of one device at one thread count with one torch version; ``save`` is atomic."""
+def runtime_version(runtime: str) -> str:
+    if runtime == "onnxruntime":
+        import onnxruntime
+        return f"torch{torch.__version__}-onnxruntime{onnxruntime.__version__}"
+    return f"torch{torch.__version__}"
 
-    def __init__(self, device: str, threads: int, enabled: bool = True):
+
+class Store:
+    """Measurements of one device at one thread count with one runtime version (torch, and onnxruntime
+    when it runs the model); ``save`` is atomic."""
+
+    def __init__(self, device: str, threads: int, enabled: bool = True, runtime: str = "torch"):
         self.device = device_name(device)
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{self.device}-{device.split(':')[0]}").strip("-")
-        self.path = cache_dir() / f"{slug}-threads{threads}-torch{torch.__version__.replace('+', '_')}.json"
+        self.version = runtime_version(runtime)
+        self.path = cache_dir() / f"{slug}-threads{threads}-{self.version.replace('+', '_')}.json"
         self.enabled = enabled
         self.entries: dict[str, float] = {}
         self.dirty = False
@@ -69,5 +78,5 @@ class Store:
         except (ValueError, AttributeError):
             on_disk = {}
         write_json(self.path, {"device": self.device,
-                               "torch": torch.__version__, "entries": {**on_disk, **self.entries}})
+                               "runtime": self.version, "entries": {**on_disk, **self.entries}})
         self.dirty = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from ..errors import BudgetError
+from ..depth import hold
 from . import measure_result
 
 
@@ -24,6 +25,7 @@ def plan_to_measured(prepared, budget, targets: dict, seed: int, model, example_
 
     def plan(table_target: float) -> float:
         result = prepared.prune(budget, {**targets, "latency": table_target}, seed, fresh=True)
+        held.set(result)  # removed residual branches (drop_blocks): later rounds move the widths only
         measured = measure_result(result, model, example_inputs, config)[str(config.batch)]
         goal = budget.latency_goal(measured["dense_ms"])
         error = measured["pruned_ms"] / goal - 1
@@ -34,16 +36,20 @@ def plan_to_measured(prepared, budget, targets: dict, seed: int, model, example_
         return error
 
     target = targets["latency"]
-    for _ in range(config.feedback + 1):
-        if abs(plan(target)) <= tol or target <= smallest * (1 + 1e-9):
-            break
-        target = max(smallest, next_target(rounds))
-    if all(r["error"] > tol for r in rounds):  # every plan too slow: is the smallest model fast enough?
-        if rounds[-1]["table_target_ms"] <= smallest * (1 + 1e-9) or plan(smallest) > tol:
-            r = rounds[-1]
-            raise BudgetError(f"{budget.describe()} at batch {config.batch} is out of reach on this machine now: the "
-                              f"smallest prunable model measured {r['measured_speedup']:.2f}x ({r['measured_ms']:.4g} ms"
-                              f" against {r['goal_ms']:.4g} ms wanted); lower the target or min_width")
+    with hold(prepared) as held:
+        for _ in range(config.feedback + 1):
+            error = plan(target)
+            if abs(error) <= tol or (target <= smallest * (1 + 1e-9) and error > 0):
+                break
+            target = max(smallest, next_target(rounds))
+        slow = all(r["error"] > tol for r in rounds)
+        if slow and rounds[-1]["table_target_ms"] > smallest * (1 + 1e-9):  # is the smallest model fast enough?
+            slow = plan(smallest) > tol  # (no count of removed branches but the largest reaches it)
+    if slow:
+        r = rounds[-1]
+        raise BudgetError(f"{budget.describe()} at batch {config.batch} is out of reach on this machine now: the "
+                          f"smallest prunable model measured {r['measured_speedup']:.2f}x ({r['measured_ms']:.4g} ms"
+                          f" against {r['goal_ms']:.4g} ms wanted); lower the target or min_width")
     best = min(range(len(rounds)), key=lambda i: _rank(rounds[i]["error"], tol))
     result = results[best]
     result.summary["latency"]["feedback"] = {"rounds": rounds, "chosen": best, "tolerance": tol}

@@ -323,9 +323,10 @@ def render(summary: dict | None, sweep: dict | None, plan: dict | None) -> str:
     """The whole page for a run directory's summary.json, sweep.json and plan.json (any may be None)."""
     s = summary or {}
     from .spectra import efa_section  # it uses this module's helpers
+    from .depth_page import depth_section
     from .latency_page import latency_section
-    sections = [budget_section(s), latency_section(s), auto_section(s), units_section(s), layers_section(s), search_section(s),
-                dagger_section(s), efa_section(s),
+    sections = [budget_section(s), latency_section(s), depth_section(s), auto_section(s), units_section(s),
+                layers_section(s), search_section(s), dagger_section(s), efa_section(s),
                 signals_section(s), finetune_section(s), sweep_section(sweep) if sweep else "", timing_section(s)]
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
