@@ -503,7 +503,7 @@ def _latency_text(lat: dict) -> str:
         for b, r in lat.get(source, {}).items():
             rows.append(["", b, f"{r['dense_ms']:.3f}", f"{r['pruned_ms']:.3f}", f"{r['speedup']:.2f}x", source])
     target = f"target {lat['target_ms']:.3f} ms at batch {lat['batch']}, " if lat.get("target_ms") else ""
-    note = f"{target}{lat['threads']} threads on {lat['device']}, {lat.get('runtime', 'torch')}"
+    note = f"{target}{lat['threads']} threads on {lat['device']}, runtime {lat.get('runtime', 'torch')}"
     if lat.get("snapped"):
         note += f"; snapped {len(lat['snapped'])} Units to latency stair ends"
     return _table(rows) + "\n" + note

@@ -21,7 +21,8 @@ def latency_section(s: dict) -> str:
                   "measured pruned ms", "measured speed-up"], rows)
     target = lat.get("target_ms")
     note = (f"Latency budget: {target:.3f} ms at batch {esc(lat.get('batch'))}. " if _is_number(target) else "")
-    note += (f"{esc(lat.get('threads'))} threads on {esc(lat.get('device'))}; predictions are per-layer tables "
+    note += (f"{esc(lat.get('threads'))} threads on {esc(lat.get('device'))}, timed in "
+             f"{esc(lat.get('runtime', 'torch'))}; predictions are per-layer tables "
              "measured on this machine and interpolated (docs/latency.md), measurements time the whole model.")
     snapped = lat.get("snapped") or []
     if snapped:
