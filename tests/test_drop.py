@@ -97,7 +97,7 @@ def test_a_non_droppable_unit_cannot_be_emptied(resnet):
 
 def test_compress_drops_blocks_saves_loads_exports_and_trains(resnet, tmp_path):
     r = compress(resnet, X, 0.3, method="l1+global", drop_blocks=True, bn_batches=0, reconstruct=0)
-    assert r.plan.widths and min(r.plan.widths.values()) >= 0
+    assert r.summary["macs"]["pruned"] <= 0.3 * r.summary["macs"]["dense"] and "depth" in r.summary
     # force a drop the allocator may not have chosen, through a saved plan
     plan = r.plan
     name = "layer2.1.conv1"
@@ -195,7 +195,7 @@ def test_a_dropped_branch_trains_like_the_zeroed_dense_branch(resnet):
 
 # -- which branches (prunekit.depth) ------------------------------------------------------------------
 def test_pinned_cost_holds_the_pinned_widths_at_zero(resnet):
-    from prunekit.depth import pinned
+    from prunekit.depth import Pinned, pinned
     g = UnitGraph(copy.deepcopy(resnet), X, drop_blocks=True)
     cost = CostModel(g)
     index = [i for i, u in enumerate(g.units) if u.name in ("layer1.1.conv1", "layer3.2.conv1")]
@@ -210,7 +210,7 @@ def test_pinned_cost_holds_the_pinned_widths_at_zero(resnet):
         other = [i for i in range(len(w)) if i not in index]
         np.testing.assert_allclose(pin.grad(w)[other], poly.grad(zeroed)[other])
         assert float(pin.tensor(torch.tensor(w))) == pytest.approx(poly(zeroed))
-    assert cost.macs(w) == getattr(cost, "macs")(w)  # the model's own cost is untouched
+    assert not isinstance(cost.macs, Pinned) and cost.macs(w) > view.macs(w)  # the model's own cost is untouched
 
 
 def test_a_dead_branch_is_the_least_important(resnet):

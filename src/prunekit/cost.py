@@ -282,7 +282,7 @@ def dry_run(model: nn.Module, example_inputs, cost: CostModel, seed: int = 0, **
     keep = {}
     for u in graph.units:
         size = u.width // u.groups
-        low = u.min_keep // u.groups if u.name in graph.droppable else max(1, u.min_keep // u.groups)
+        low = u.min_keep // u.groups  # 0 only for a droppable Unit under drop_blocks: then a branch may go
         k = int(torch.randint(low, max(low, size - 1) + 1, (1,), generator=gen))
         keep[u.name] = expand_groups(u, torch.randperm(size, generator=gen)[:k].tolist())
     graph.apply(keep)

@@ -189,9 +189,8 @@ class hold:
     """Within the block, ``prepared``'s plans keep the count of removed branches of its first plan.
 
     The closed latency loop re-plans with the tables' target corrected by the measured miss; a new
-    count each round would jump between structures the tables mispredict differently (at batch 64 a
-    plan with more branches removed measured 2.4x for a 2x target), so after the first round only
-    the widths move."""
+    count each round would jump between structures the tables mispredict differently, so after the
+    first round only the widths move."""
 
     def __init__(self, prepared):
         self.state = prepared.__dict__.setdefault("depth_state", {"fitness": {}})

@@ -1,7 +1,8 @@
 """Width 0: removing a residual branch's inner channels removes the branch.
 
 On a CPU at batch 1 most of a small CNN's time is per-op overhead that no channel count removes:
-ResNet-56 with every Unit at 8 channels still takes 0.61 of the dense time. Taking the inner Unit of
+ResNet-56 with every Unit at 8 channels still takes 0.63 of the dense time
+(bench/results/branch_overhead.md). Taking the inner Unit of
 a residual branch (ResNet's conv1 -> conv2) to width 0 removes the branch's convs outright: its
 writers compute nothing, and the layers reading it output a constant (their bias, or zeros that the
 following BatchNorm turns into its shift), which the residual add carries. PyTorch has no
@@ -52,7 +53,7 @@ class EmptyOutput(nn.Module):
 class ConstantOutput(nn.Module):
     """A conv/linear layer left with no input channels: its bias (or zeros) at every output position,
     through the BatchNorm that read its output (``norm``, folded in: normalizing a constant map
-    costs as much as any map, 40 us of a dropped ResNet block's 80 at batch 1). Exact in both modes:
+    costs as much as any map). Exact in both modes:
     the norm sees two equal values per channel, so its batch mean is the constant and its variance 0,
     as over the whole map; in eval mode the value is kept until a parameter or statistic changes."""
 

@@ -186,8 +186,8 @@ def build(graph: UnitGraph, config: LatencyConfig, batch: int, store) -> Latency
 def calibrate(whole: float, parts: float, small: float | None, parts_small: float) -> tuple[float, float]:
     """(residual, scale) with residual + scale * layers = the measured model at dense and, when the
     smallest model is measured too, there: layers timed alone are not layers in a model, and what
-    the model adds (module calls, adds, activations) is not constant either (ResNet-56 at batch 1
-    with every residual branch removed measured 2.1 ms; with the dense residual the tables said 4.2 ms).
+    the model adds (module calls, adds, activations) is not constant either (it shrinks as residual
+    branches are removed; bench/results/branch_overhead.md).
     Falls back to the dense residual (or, when the layers alone add up to more than the model, a
     scale) if the two points give a negative slope or residual."""
     if small is not None and parts > parts_small:
