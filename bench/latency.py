@@ -5,12 +5,13 @@
 
 1. ``speedup`` budgets (2, 4) at batch 64 and at batch 1: predicted and measured speed-up vs target.
 2. At equal MACs: the latency-aware plan against a MACs-only plan of the same method at exactly the
-   latency plan's MACs (measured back to back, ratio of latencies).
+   latency plan's MACs (timed in pairs, prunekit.latency.pair_ms), and (with --drop-blocks) one with widths only.
 3. MACs budgets with hardware-friendly widths (round_to 8/16 + snap): measured speed-up at batch 64
-   divided by the MACs reduction.
+   divided by the MACs reduction, next to Torch-Pruning's pruners at the same budgets (--tp-methods).
 4. The latency predictor's error on random width settings (pruned copies timed whole).
 
-Every latency is the median of ``torch.utils.benchmark``'s ``blocked_autorange`` at ``--threads``.
+Every latency is the median of ``torch.utils.benchmark``'s ``blocked_autorange`` at ``--threads``; speed-ups and
+ratios are medians over pairs of short alternating blocks (``prunekit.latency.pair_ms``).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch  # noqa: E402
 
 import prunekit  # noqa: E402
 from prunekit.graph import UnitGraph  # noqa: E402
-from prunekit.latency import LatencyConfig, model_ms, random_widths  # noqa: E402
+from prunekit.latency import LatencyConfig, model_ms, pair_ms, random_widths  # noqa: E402
 from prunekit.models import create_model  # noqa: E402
 from prunekit.pipeline import prepare  # noqa: E402
 
@@ -42,12 +43,16 @@ def args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="resnet56")
     p.add_argument("--checkpoint", default="checkpoints/fmnist-resnet56/model.safetensors")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"),
+                   help="what every table and whole-model timing runs in (LatencyConfig.runtime)")
     p.add_argument("--batch", type=int, default=64, help="the large batch (batch 1 is always measured)")
     p.add_argument("--speedups", default="2,4")
     p.add_argument("--method", default="l1+itpruner", help="method for the speedup budgets (latency-aware via its costs)")
     p.add_argument("--macs-methods", default="l1,l1+itpruner")
     p.add_argument("--flops", default="0.5,0.2", help="MACs budgets of the hardware-friendly rows")
     p.add_argument("--round-to", default="8,16")
+    p.add_argument("--tp-methods", default="tp:group-l2-global,tp:l1-layer",
+                   help="Torch-Pruning pruners at the same MACs budgets, timed in the same run (bench/suite.py's TP_METHODS)")
     p.add_argument("--samples", type=int, default=4, help="sampled widths per channel dim of each layer table")
     p.add_argument("--layer-seconds", type=float, default=0.05, help="timing window of one table point")
     p.add_argument("--seconds", type=float, default=1.0, help="timing window of one whole-model measurement")
@@ -67,7 +72,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.speedups, args.flops, args.round_to, args.batch = "1.5", "0.5", "8", 8
         args.samples, args.layer_seconds, args.seconds, args.random_settings = 2, 0.01, 0.05, 3
-        args.macs_methods, args.method, args.calibration_batches = "l1", "l1", 1
+        args.macs_methods, args.method, args.calibration_batches, args.tp_methods = "l1", "l1", 1, "tp:l1-layer"
     torch.manual_seed(0)
     model = create_model(args.model, in_channels=1)
     prunekit.io.load_weights(model, ROOT / args.checkpoint if not Path(args.checkpoint).is_absolute() else args.checkpoint)
@@ -80,11 +85,12 @@ def main(argv=None) -> int:
         test = torch.utils.data.Subset(load_dataset("fmnist", split="test"), range(args.eval_images or 1))
     from prunekit.train.evaluate import evaluate
     base = {"threads": args.threads, "samples": args.samples, "min_run_time": args.layer_seconds,
-            "model_run_time": args.seconds}
+            "model_run_time": args.seconds, "runtime": args.runtime}
     timing = LatencyConfig(**base)
     t_start = time.perf_counter()
     out = {"command": "python bench/latency.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
            "model": args.model, "checkpoint": args.checkpoint, "threads": args.threads, "batch": args.batch,
+           "runtime": args.runtime,
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__,
            "load_start": [round(v, 2) for v in os.getloadavg()],
            "dense_accuracy": evaluate(model, test) if args.eval_images else None,
@@ -115,27 +121,38 @@ def main(argv=None) -> int:
                    "measured_speedup_other_batch": {b: v["speedup"] for b, v in L["measured"].items() if b != str(batch)},
                    "macs_reduction": lat.summary["macs"]["dense"] / macs,
                    "plans": len(rounds), "first_plan_measured_speedup": rounds[0]["measured_speedup"] if rounds else None,
+                   "rounds": [{k: r.get(k) for k in ("table_target_ms", "dense_ms", "measured_ms", "measured_speedup",
+                                                      "error")}
+                              for r in rounds],
                    "seconds": lat.summary["seconds"]["bench_wall"], "dropped_blocks": dropped(lat)}
             if args.eval_images:
                 row["accuracy"] = accuracy(lat, data, test)
             row["within_10pct"] = abs(row["measured_speedup"] / s - 1) <= 0.10
             out["speedup_rows"].append(row)
             print(f"batch {batch} speedup={s:g}: predicted {row['predicted_speedup']:.2f}x, measured "
-                  f"{row['measured_speedup']:.2f}x (MACs {row['macs_reduction']:.2f}x)", flush=True)
+                  f"{row['measured_speedup']:.2f}x (MACs {row['macs_reduction']:.2f}x; rounds "
+                  f"{[round(v['measured_speedup'], 2) for v in row['rounds']]})", flush=True)
             flat = run({"flops": float(macs)}, args.method, batch, lat={"measure": False}, round_to=8,
                        drop_blocks=args.drop_blocks)
-            flat_macs = flat.summary["macs"]["pruned"]
-            a = [model_ms(lat.model, x, batch, timing) for _ in range(2)]  # interleaved, same load
-            b = [model_ms(flat.model, x, batch, timing) for _ in range(2)]
-            a.append(model_ms(lat.model, x, batch, timing))
-            b.append(model_ms(flat.model, x, batch, timing))
-            eq = {"batch": batch, "target_speedup": s, "latency_aware_macs": macs, "macs_only_macs": flat_macs,
-                  "latency_aware_dropped": dropped(lat), "macs_only_dropped": dropped(flat),
-                  "latency_aware_ms": float(np.median(a)), "macs_only_ms": float(np.median(b))}
-            eq["macs_only_over_latency_aware"] = eq["macs_only_ms"] / eq["latency_aware_ms"]
+            plans = {"latency_aware": lat, "macs_only": flat}
+            eq = {"batch": batch, "target_speedup": s}
+            if args.drop_blocks:  # and what a MACs budget gives by default: widths only, every branch kept
+                try:
+                    plans["macs_only_widths"] = run({"flops": float(macs)}, args.method, batch, lat={"measure": False},
+                                                    round_to=8)
+                except prunekit.BudgetError as e:  # fewer MACs than every branch at its minimum width
+                    eq["macs_only_widths_refused"] = str(e)
+            for k, r in plans.items():
+                eq.update({f"{k}_macs": r.summary["macs"]["pruned"], f"{k}_dropped": dropped(r)})
+                if k == "latency_aware":
+                    continue
+                if args.eval_images:
+                    eq[f"{k}_accuracy"] = accuracy(r, data, test)
+                # timed against the latency-aware plan in alternating blocks: the ratio is the pairs' median
+                eq[f"{k}_ms"], eq["latency_aware_ms"], eq[f"{k}_over_latency_aware"] = pair_ms(
+                    r.model, lat.model, x, batch, timing)
             out["equal_macs_rows"].append(eq)
-            print(f"  equal MACs: latency-aware {eq['latency_aware_ms']:.3f} ms, MACs-only {eq['macs_only_ms']:.3f} ms "
-                  f"({eq['macs_only_over_latency_aware']:.3f}x)", flush=True)
+            print("  equal MACs: " + ", ".join(f"{k} {eq[f'{k}_ms']:.3f} ms" for k in plans), flush=True)
 
     configs = [(m, r_to, False) for m in args.macs_methods.split(",") for r_to in (int(v) for v in args.round_to.split(","))]
     if args.drop_blocks:  # the speedup rows' method, residual branches removable, widths in 8s
@@ -162,6 +179,13 @@ def main(argv=None) -> int:
                   f"{args.batch} for {row['macs_reduction']:.2f}x fewer MACs "
                   f"({row['speedup_over_macs_reduction']:.2f})", flush=True)
 
+    for method in filter(None, args.tp_methods.split(",")):
+        for f in (float(v) for v in args.flops.split(",")):
+            out["rounding_rows"].append(tp_row(model, x, method, f, data, args.batch, timing))
+            r = out["rounding_rows"][-1]
+            print(f"{method} flops={f:g}: {r['measured_speedup']:.2f}x measured at batch {args.batch} for "
+                  f"{r['macs_reduction']:.2f}x fewer MACs ({r['speedup_over_macs_reduction']:.2f})", flush=True)
+
     prep = prepare(model, x, "l1", latency={**base, "batch": args.batch}, drop_blocks=args.drop_blocks)
     rng = np.random.default_rng(0)
     errors = {str(b): [] for b in prep.cost.latency_by_batch}
@@ -186,6 +210,20 @@ def main(argv=None) -> int:
     return 0
 
 
+def tp_row(model, x, method: str, flops: float, data, batch: int, timing: LatencyConfig) -> dict:
+    """A Torch-Pruning pruner stepped to the MACs budget (bench/suite.py's prune_tp), timed against the
+    dense model as compress times its plans (pair_ms)."""
+    from suite import prune_tp
+    pruned, _ = prune_tp(copy.deepcopy(model), x, method, flops, 0, data)
+    pruned.eval()
+    row = {"method": method, "round_to": "-", "snap": False, "flops": flops, "drop_blocks": False, "dropped_blocks": 0,
+           "macs_reduction": prunekit.count(model, x)[0] / prunekit.count(pruned, x)[0]}
+    for b, key in ((batch, "measured_speedup"), (1, "measured_speedup_batch1")):
+        row[key] = pair_ms(model, pruned, x, b, timing)[2]
+    row["speedup_over_macs_reduction"] = row["measured_speedup"] / row["macs_reduction"]
+    return row
+
+
 def dropped(result) -> int:
     """Residual branches the plan removed (width 0, prunekit.drop)."""
     return sum(1 for w in result.plan.widths.values() if w == 0)
@@ -201,11 +239,42 @@ def accuracy(result, data, test) -> float:
     return evaluate(copy_.model, test)
 
 
+def equal_macs_lines(out: dict) -> list[str]:
+    """Each latency plan against MACs-budget plans of the same method at its MACs: with the same freedom
+    to remove branches, and (with --drop-blocks) widths only, what a MACs budget gives by default."""
+    rows = out["equal_macs_rows"]
+    kinds = [("macs_only", "MACs budget, same freedom"), ("macs_only_widths", "MACs budget, widths only")]
+    kinds = [(k, name) for k, name in kinds if any(f"{k}_ms" in r for r in rows)]
+    lines = ["", "## At equal MACs", "", "Each speed-up plan's MACs as a MACs budget for the same method (round_to 8), "
+             "each timed against the latency-aware plan at the row's batch in alternating blocks (`prunekit.latency.pair_ms`; ms: that plan's block median). `ratio`: the pairs' median of its latency over the "
+             "latency-aware plan's (> 1: the latency-aware plan is faster); `dropped`: residual branches removed; "
+             "accuracy as above.", "",
+             "| batch | target | latency-aware plan (dropped, accuracy) | " + " | ".join(
+                 f"{name}: ms (dropped, accuracy) | ratio" for _, name in kinds) + " |",
+             "|---|---|---|" + "---|---|" * len(kinds)]
+    acc = {(r["batch"], r["target_speedup"]): r.get("accuracy") for r in out["speedup_rows"]}
+
+    def cell(ms, d, a):
+        detail = f"{d}, {a:.2f}" if a is not None else f"{d}"
+        return f"{ms:.3f} ({detail})" if ms is not None else f"({detail})"
+
+    for r in rows:  # the latency-aware plan's ms differ between its pairs (timed at different moments): not shown
+        cells = [cell(None, r["latency_aware_dropped"], acc.get((r["batch"], r["target_speedup"])))]
+        for k, _ in kinds:
+            if f"{k}_ms" not in r:
+                cells += ["refused: " + r.get(f"{k}_refused", "-").split(";")[0], "-"]
+                continue
+            cells += [cell(r[f"{k}_ms"], r[f"{k}_dropped"], r.get(f"{k}_accuracy")), f"{r[f'{k}_over_latency_aware']:.3f}"]
+        lines.append(f"| {r['batch']} | {r['target_speedup']:g}x | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write(out: dict, stem: Path) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     prunekit.io.write_json(stem.with_suffix(".json"), out)
     lines = ["# Latency budgets (issue 17)", "", f"Command: `{out['command']}`", "",
-             f"{out['model']} ({out['checkpoint']}), {out['threads']} threads, OMP_WAIT_POLICY={out['omp_wait_policy']}, "
+             f"{out['model']} ({out['checkpoint']}), {out['threads']} threads, runtime {out.get('runtime', 'torch')}, "
+             f"OMP_WAIT_POLICY={out['omp_wait_policy']}, "
              f"torch {out['torch']}; whole run {out['seconds'] / 60:.1f} min.", "",
              f"Load average at start {out['load_start']}, at end {out.get('load_end')}.", "",
              "## Speed-up budgets", "",
@@ -215,25 +284,28 @@ def write(out: dict, stem: Path) -> None:
              "of the tables' plan alone; `table`: what the tables predict for the returned plan; `dropped`: residual "
              "branches removed; `accuracy`: top-1 on the first "
              f"{out.get('eval_images')} Fashion-MNIST test images after BatchNorm re-estimation, no fine-tuning "
-             f"(dense: {out.get('dense_accuracy') or 0:.2f}); `equal MACs`: a MACs-only plan of the same method at the latency plan's MACs, its latency "
-             "over the latency-aware plan's (timed interleaved; > 1: the latency-aware plan is faster), branches each dropped.", "",
-             "| batch | target | plans | first plan | table | measured | within 10% | MACs reduction | dropped | accuracy | "
-             "equal MACs: MACs-only ms / latency-aware ms (dropped) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r, e in zip(out["speedup_rows"], out["equal_macs_rows"]):
-        first = f"{r['first_plan_measured_speedup']:.2f}x" if r.get("first_plan_measured_speedup") else "-"
+             f"(dense: {out.get('dense_accuracy') or 0:.2f}); `rounds`: the measured speed-up of each plan.", "",
+             "| batch | target | plans | rounds | table | measured | within 10% | MACs reduction | dropped | accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in out["speedup_rows"]:
         acc = f"{r['accuracy']:.2f}" if r.get("accuracy") is not None else "-"
-        lines.append(f"| {r['batch']} | {r['target_speedup']:g}x | {r.get('plans', 1)} | {first} | "
+        per_round = ", ".join(f"{v['measured_speedup']:.2f}x" for v in r.get("rounds", [])) or "-"
+        lines.append(f"| {r['batch']} | {r['target_speedup']:g}x | {r.get('plans', 1)} | {per_round} | "
                      f"{r['predicted_speedup']:.2f}x | {r['measured_speedup']:.2f}x"
                      f" | {'yes' if r['within_10pct'] else 'no'} | {r['macs_reduction']:.2f}x | {r.get('dropped_blocks', 0)} | "
-                     f"{acc} | {e['macs_only_over_latency_aware']:.3f} ({e.get('latency_aware_dropped', 0)} vs "
-                     f"{e.get('macs_only_dropped', 0)}) |")
+                     f"{acc} |")
     for u in out.get("unreachable", []):
         lines.append(f"| {u['batch']} | {u['target_speedup']:g}x | refused: {u['error']} | | | | | | | | |")
+    lines += equal_macs_lines(out)
     lines += ["", "## MACs budgets with hardware-friendly widths (round_to + snap)", "",
+              "Torch-Pruning's rows (`tp:`): its pruner stepped to the same MACs budget (bench/suite.py's prune_tp, "
+              "no rounding), timed in the same run as prunekit's plans and as compress times them: against the dense "
+              "model in alternating blocks, the pairs' median ratio.", "",
               f"| method | round_to | flops | branches removed | MACs reduction | measured speed-up (batch {out['batch']}) | ratio | "
               "batch 1 |", "|---|---|---|---|---|---|---|---|"]
     for r in out["rounding_rows"]:
-        removed = r.get("dropped_blocks", 0) if r.get("drop_blocks") else "- (not allowed)"
+        removed = r.get("dropped_blocks", 0) if r.get("drop_blocks") else "-" if r["method"].startswith("tp:") \
+            else "- (not allowed)"
         lines.append(f"| {r['method']} | {r['round_to']} | {r['flops']:g} | {removed} | {r['macs_reduction']:.2f}x | "
                      f"{r['measured_speedup']:.2f}x | {r['speedup_over_macs_reduction']:.2f} | "
                      f"{r['measured_speedup_batch1']:.2f}x |")

@@ -853,7 +853,7 @@ def latency_rows(path: Path) -> list[str]:
     lines = [f"## Latency budgets ({lat['model']}, {lat['threads']} threads; bench/results/latency.md)", "",
              f"`{lat['command']}`: `speedup=S` planned by {lat['speedup_rows'][0]['method'] if lat['speedup_rows'] else '-'}"
              f"{' (residual branches removable)' if lat.get('drop_blocks') else ''} with the closed loop; measured dense / "
-             f"pruned, back to back; accuracy: first {lat.get('eval_images')} test images after BatchNorm re-estimation, "
+             f"pruned in alternating blocks, the pairs' median ratio; accuracy: first {lat.get('eval_images')} test images after BatchNorm re-estimation, "
              f"no fine-tuning (dense {lat.get('dense_accuracy') or 0:.2f}).", "",
              "| batch | target | measured speed-up | within 10% | MACs reduction | branches removed | accuracy | plans |",
              "|---|---|---|---|---|---|---|---|"]
@@ -864,6 +864,18 @@ def latency_rows(path: Path) -> list[str]:
                      f"{acc} | {r.get('plans', 1)} |")
     for u in lat.get("unreachable", []):
         lines.append(f"| {u['batch']} | {u['target_speedup']:g}x | refused: {u['error']} | | | | | |")
+    rows = lat.get("rounding_rows", [])
+    if rows:
+        lines += ["", f"MACs budgets, measured speed-up at batch {lat['batch']} / MACs reduction (prunekit with round_to and "
+                  "snap; Torch-Pruning's pruners, `tp:`, at the same budgets in the same run):", "",
+                  "| method | round_to | branches removable | " + " | ".join(
+                      f"{f:.0%} MACs" for f in sorted({r['flops'] for r in rows}, reverse=True)) + " |",
+                  "|---|---|---|" + "---|" * len({r["flops"] for r in rows})]
+        flops = sorted({r["flops"] for r in rows}, reverse=True)
+        for key in dict.fromkeys((r["method"], r["round_to"], r.get("drop_blocks", False)) for r in rows):
+            got = {r["flops"]: r for r in rows if (r["method"], r["round_to"], r.get("drop_blocks", False)) == key}
+            cells = [f"{got[f]['speedup_over_macs_reduction']:.2f}" if f in got else "-" for f in flops]
+            lines.append(f"| {key[0]} | {key[1]} | {'yes' if key[2] else 'no'} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

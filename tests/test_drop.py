@@ -310,3 +310,36 @@ def test_a_dropped_branch_in_eval_mode_with_gradients_keeps_no_graph(resnet):
     for _ in range(2):  # a cached constant with a graph would fail the second backward
         g.model(x).sum().backward()
     assert g.model.layer1[2].conv2.norm.bias.grad is not None
+
+
+def test_closed_loop_searches_the_count_twice_then_holds_it(resnet, monkeypatch, tmp_path):
+    """The first plan's count is searched on the tables' target, the second's again on the corrected
+    one, and later rounds keep the second's."""
+    from torch.utils.flop_counter import FlopCounterMode
+    import prunekit.latency as latency
+    from prunekit.latency import measure
+
+    def macs_ms(m, x=X, batch=2, config=None):
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            m(torch.zeros(batch, *X.shape[1:]))
+        return (fc.get_total_flops() / 2 * 1e-6) ** 0.5 + 1e-3  # whole models speed up less than their layers
+
+    def pair(a, b, x, batch, config):
+        ta, tb = macs_ms(a, x, batch), macs_ms(b, x, batch)
+        return ta, tb, ta / tb
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    def layer_ms(fn, threads, min_run_time, device="cpu"):  # tables: the MACs of the call
+        with FlopCounterMode(display=False) as fc:
+            fn()
+        return fc.get_total_flops() / 2 * 1e-6 + 1e-3
+
+    monkeypatch.setattr(measure, "time_callable", layer_ms)
+    monkeypatch.setattr(latency, "pair_ms", pair)
+    r = compress(resnet, X, "speedup=1.5", method="l1+global", drop_blocks=True, bn_batches=0,
+                 latency={"samples": 3, "min_run_time": 0.001, "model_run_time": 0.001, "feedback": 3,
+                          "tolerance": 0.03})
+    rounds = r.summary["latency"]["feedback"]["rounds"]
+    assert len(rounds) >= 3
+    assert [x["count_held"] for x in rounds[:3]] == [False, False, True]
+    assert all(x["dropped"] == rounds[1]["dropped"] for x in rounds[2:])

@@ -200,7 +200,7 @@ def test_feedback_replans_until_the_measured_speedup_meets_the_target(timer, mod
             m(torch.zeros(batch, *x.shape[1:]))
         return (fc.get_total_flops() / 2 * 1e-6) ** 0.7
 
-    monkeypatch.setattr(latency, "model_ms", whole)
+    monkeypatch.setattr(latency, "pair_ms", paired(whole))
     r = compress(model, X, "speedup=1.6", latency={**FAST, "tolerance": 0.03, "feedback": 4}, round_to=1, bn_batches=0)
     fb = r.summary["latency"]["feedback"]
     rounds = fb["rounds"]
@@ -222,7 +222,7 @@ def test_feedback_refuses_a_target_only_the_tables_reach(timer, model, monkeypat
             m(torch.zeros(batch, *x.shape[1:]))
         return 10.0 + fc.get_total_flops() / 2 * 1e-6
 
-    monkeypatch.setattr(latency, "model_ms", whole)
+    monkeypatch.setattr(latency, "pair_ms", paired(whole))
     with pytest.raises(BudgetError) as e:
         compress(model, X, "speedup=1.6", latency={**FAST, "feedback": 4}, round_to=1, bn_batches=0)
     msg = str(e.value)
@@ -306,6 +306,11 @@ def test_onnxruntime_runtime_times_the_exported_layer_and_keeps_its_own_cache(ti
     run = measure.runner(layer, x, config)
     with torch.no_grad():
         np.testing.assert_allclose(run()[0], layer(x).numpy(), rtol=1e-4, atol=1e-5)  # what runs is the layer
+    from prunekit.drop import ConstantOutput
+    stand_in = ConstantOutput(torch.nn.Conv2d(0, 5, 3, padding=1), torch.nn.BatchNorm2d(5).eval()).eval()
+    with torch.no_grad():  # a removed branch's reader ignores its input: the export has none to feed
+        np.testing.assert_allclose(measure.runner(stand_in, x[:, :0], config)()[0], stand_in(x[:, :0]).numpy(),
+                                   rtol=1e-5)
     from prunekit.latency import Store
     torch_store, ort_store = Store("cpu", 1), Store("cpu", 1, runtime="onnxruntime")
     assert torch_store.path != ort_store.path and "onnxruntime" in ort_store.path.name
@@ -331,3 +336,56 @@ def test_tables_are_calibrated_on_the_dense_and_the_smallest_model(timer, prepar
     parts = [sum(t.at(w)[0] for t in lat.layers) for w in (prepared.cost.dense_widths, lo)]
     assert (lat.residual, lat.scale) == calibrate(lat.dense_ms, parts[0], smallest[0], parts[1])
     assert lat(prepared.cost.dense_widths) == pytest.approx(lat.dense_ms, rel=1e-9)
+
+
+def test_pairs_alternate_and_their_ratio_resists_a_slow_moment(monkeypatch):
+    """pair_ms: blocks a b, b a, ...; a slow moment that hits one model's block moves one pair's ratio,
+    not the median."""
+    a, b = nn_linear(), nn_linear()
+    order, slow = [], {3, 8}  # the 4th and 9th blocks run at a third of the speed
+
+    def fake(fn, threads, min_run_time, device="cpu"):
+        order.append(fn)
+        base = 10.0 if len(order) % 2 else 5.0
+        return base * (3 if len(order) - 1 in slow else 1)
+
+    monkeypatch.setattr(measure, "time_callable", fake)
+    config = LatencyConfig(**{**FAST, "repeats": 1})
+    ms_a, ms_b, ratio = measure.pair_ms(a, b, torch.zeros(1, 4), 2, config)
+    assert len(order) == 2 * measure.PAIRS_PER_REPEAT
+    first, second = order[0], order[1]
+    assert order[2:4] == [second, first] and order[4:6] == [first, second]  # a b, b a, a b, ...
+    # block times: 10, 5, 10*3 (b first, slow), 5, 10, 5, 10, 5, 10*3, 5 in call order
+    assert ratio == pytest.approx(2.0) and ms_a == pytest.approx(10.0) and ms_b == pytest.approx(5.0)
+
+
+def nn_linear():
+    return torch.nn.Linear(4, 4)
+
+
+def test_calibration_and_the_closed_loop_time_in_pairs(timer, prepared, monkeypatch):
+    from prunekit.latency import Store, measure_result, table
+    import prunekit.latency as latency
+    calls = []
+    monkeypatch.setattr(table, "pair_ms", lambda a, b, x, batch, c: calls.append((a, b)) or (8.0, 4.0, 2.5))
+    store = Store("cpu", 2, True)
+    lo = prepared.cost.vector({u.name: u.min_keep for u in prepared.graph.units})
+    config = LatencyConfig(**FAST)
+    assert table.whole_ms(prepared.graph, lo, "d", "s", 2, config, store) == (8.0, 3.2)  # smallest: 8 / 2.5
+    assert calls[0][0] is prepared.graph.model and calls[0][1] is not prepared.graph.model
+    assert table.whole_ms(prepared.graph, lo, "d", "s", 2, config, store) == (8.0, 3.2) and len(calls) == 1  # cached
+
+    monkeypatch.setattr(latency, "pair_ms", lambda a, b, x, batch, c: (8.0, 4.0, 2.5))
+    result = type("R", (), {"model": None, "summary": {}})()
+    rows = measure_result(result, None, X, LatencyConfig(**{**FAST, "batch": 1}))
+    assert rows == {"1": {"dense_ms": 8.0, "pruned_ms": 4.0, "speedup": 2.5}}  # the pairs' ratio, not 8 / 4
+    assert Budget(speedup=2.0).latency_error(rows["1"]) == pytest.approx(2.0 / 2.5 - 1)
+    assert Budget(latency_ms=5.0).latency_error(rows["1"]) == pytest.approx(4.0 / 5.0 - 1)
+
+
+def paired(whole):
+    """A pair_ms from a model_ms-like function (the closed-loop tests time models by their MACs)."""
+    def pair(a, b, x, batch, config):
+        ta, tb = whole(a, x, batch, config), whole(b, x, batch, config)
+        return ta, tb, ta / tb
+    return pair

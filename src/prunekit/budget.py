@@ -94,6 +94,12 @@ class Budget:
         kind, v = self._parsed["latency"]
         return dense_ms / v if kind == "speedup" else v
 
+    def latency_error(self, measured: dict) -> float:
+        """How far a measured {dense_ms, pruned_ms, speedup} misses the latency target (> 0: too slow).
+        A speed-up target is judged on the speed-up, measured pairwise, so steadier than either time."""
+        kind, v = self._parsed["latency"]
+        return v / measured["speedup"] - 1 if kind == "speedup" else measured["pruned_ms"] / v - 1
+
     def describe(self) -> str:
         return ",".join(f"{'flops' if k == 'macs' else k}={v if kind == 'fraction' else _human(v)}" if k != "latency"
                         else f"speedup={v:g}" if kind == "speedup" else f"latency_ms={v:g}"

@@ -143,6 +143,7 @@ def allocate(prepared, targets: dict, seed: int) -> tuple[np.ndarray, dict]:
     if best is None:
         raise BudgetError("no count of removed residual branches lets the allocator meet the budget; raise the budget")
     info = {"importance": importance, "candidates": rows, "chosen": rows[best[0]]["dropped"],
+            "held": state.get("count") is not None and counts == [state["count"]],
             "selected_by": "held-out accuracy after BatchNorm re-estimation" if judge else "least count reaching the budget"}
     return best[1], info
 
@@ -186,18 +187,23 @@ def _widths_without(prepared, targets: dict, index: list[int], seed: int) -> np.
 
 
 class hold:
-    """Within the block, ``prepared``'s plans keep the count of removed branches of its first plan.
+    """Within the block, ``prepared``'s plans keep the count of removed branches of the plan ``set``
+    is given.
 
     The closed latency loop re-plans with the tables' target corrected by the measured miss; a new
-    count each round would jump between structures the tables mispredict differently, so after the
-    first round only the widths move."""
+    count each round would jump between structures the tables mispredict differently. It searches the
+    count twice, on the tables' target and on the target the first timing corrected (the count that
+    is best at one latency need not be at one 12% lower: ResNet-56, speedup=2 at batch 64, kept 11
+    branches at 58% before fine-tuning where a MACs budget at the same MACs kept 16 at 80%;
+    bench/results/latency_hold_first.md), and holds the second: after it only the widths move."""
 
     def __init__(self, prepared):
         self.state = prepared.__dict__.setdefault("depth_state", {"fitness": {}})
 
     def set(self, result) -> None:
-        """Hold the first plan's count (a later one, searched because the held count no longer reached
-        the target, is not held: a count so large that even full widths are too fast would trap it)."""
+        """Hold ``result``'s count unless one is held already (a later one, searched because the held
+        count no longer reached the target, is not held: a count so large that even full widths are
+        too fast would trap it)."""
         if "depth" in result.summary:
             self.state.setdefault("count", result.summary["depth"]["chosen"])
 

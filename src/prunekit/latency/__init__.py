@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from .cache import Store, cache_dir
-from .measure import LatencyConfig, LayerSpec, layer_specs, model_ms, time_callable
+from .measure import LatencyConfig, LayerSpec, layer_specs, model_ms, pair_ms, time_callable
 from .snap import snap_widths
 from .table import LatencyCost, build, interp2
 
 __all__ = ["LatencyConfig", "LatencyCost", "LayerSpec", "Store", "attach", "build", "cache_dir", "interp2",
-           "layer_specs", "measure_result", "model_ms", "predicted", "snap_widths", "time_callable"]
+           "layer_specs", "measure_result", "model_ms", "pair_ms", "predicted", "snap_widths", "time_callable"]
 
 
 def attach(prepared, config=None) -> LatencyConfig:
@@ -46,15 +46,13 @@ def predicted(cost, widths: dict[str, int], targets: dict) -> dict:
 
 
 def measure_result(result, dense_model, example_inputs, config: LatencyConfig) -> dict:
-    """Time the dense and the pruned model now, alternately ``config.repeats`` times each (a shared
-    machine's speed drifts by tens of percent within minutes; medians of interleaved runs see the same
-    drift), at each batch; the entry sits next to the prediction in ``summary["latency"]["measured"]``."""
+    """Time the dense and the pruned model now, in alternating blocks (``pair_ms``), at each batch;
+    ``speedup`` is the median of the pairs' ratios. The entry sits next to the prediction in
+    ``summary["latency"]["measured"]``."""
     rows = {}
     for b in config.report_batches:
-        times = [(model_ms(dense_model, example_inputs, b, config), model_ms(result.model, example_inputs, b, config))
-                 for _ in range(config.repeats)]
-        dense, pruned = (float(np.median(t)) for t in zip(*times))
-        rows[str(b)] = {"dense_ms": dense, "pruned_ms": pruned, "speedup": dense / pruned}
+        dense, pruned, ratio = pair_ms(dense_model, result.model, example_inputs, b, config)
+        rows[str(b)] = {"dense_ms": dense, "pruned_ms": pruned, "speedup": ratio}
     entry = result.summary.setdefault("latency", {})
     entry["measured"] = rows
     pred = entry.get("predicted", {})

@@ -25,11 +25,15 @@ def plan_to_measured(prepared, budget, targets: dict, seed: int, model, example_
 
     def plan(table_target: float) -> float:
         result = prepared.prune(budget, {**targets, "latency": table_target}, seed, fresh=True)
-        held.set(result)  # removed residual branches (drop_blocks): later rounds move the widths only
+        if rounds:  # removed residual branches (drop_blocks): searched again at the target the first
+            held.set(result)  # timing corrected, then held; later rounds move the widths only
         measured = measure_result(result, model, example_inputs, config)[str(config.batch)]
         goal = budget.latency_goal(measured["dense_ms"])
-        error = measured["pruned_ms"] / goal - 1
-        rounds.append({"table_target_ms": table_target, "goal_ms": goal, "measured_ms": measured["pruned_ms"],
+        error = budget.latency_error(measured)
+        depth = result.summary.get("depth", {})
+        rounds.append({"table_target_ms": table_target, "goal_ms": goal, "dense_ms": measured["dense_ms"],
+                       "dropped": depth.get("chosen"), "count_held": depth.get("held"),
+                       "measured_ms": measured["pruned_ms"],
                        "predicted_ms": result.summary["latency"]["predicted"][str(config.batch)]["pruned_ms"],
                        "measured_speedup": measured["speedup"], "error": error})
         results.append(result)

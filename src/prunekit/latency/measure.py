@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils import benchmark
@@ -36,8 +37,8 @@ class LatencyConfig:
     at ``samples`` evenly spaced sizes instead. ``min_run_time``: seconds of
     ``blocked_autorange`` per measurement. ``snap``: move each Unit to the right end of its latency
     staircase (``snap_window`` steps either side, a stair ends where the next step costs more than
-    ``snap_tolerance``). ``measure``: time the dense and pruned models after pruning (``repeats``
-    alternating runs of each, medians). ``feedback``:
+    ``snap_tolerance``). ``measure``: time the dense and pruned models after pruning (``repeats`` x 5
+    short alternating blocks of each: ``pair_ms``). ``feedback``:
     under a latency budget, plan again up to this many times with the table's target scaled by
     target / measured until the measured latency at ``batch`` is within ``tolerance`` of the target
     (layers timed alone are not layers inside a model, and a shared machine drifts; latency.feedback).
@@ -165,7 +166,8 @@ def runner(module: nn.Module, x: torch.Tensor, config: LatencyConfig) -> Callabl
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (x,), buffer, dynamo=False, input_names=["input"])
         session = ort_session(buffer.getvalue(), config.threads)
-        feed = {"input": x.detach().cpu().numpy()}
+        # a removed branch's stand-in ignores its input, and the export then has none to feed
+        feed = {i.name: x.detach().cpu().numpy() for i in session.get_inputs()}
         return lambda: session.run(None, feed)
 
     def forward():
@@ -182,6 +184,32 @@ def model_ms(model: nn.Module, example_inputs: torch.Tensor, batch: int, config:
     model = copy.deepcopy(model).to(config.device).eval()
     x = torch.randn(batch, *example_inputs.shape[1:], device=config.device)
     return time_callable(runner(model, x, config), config.threads, run_time or config.model_run_time, config.device)
+
+
+PAIRS_PER_REPEAT = 5  # blocks of each model per repeat; a block lasts model_run_time / PAIRS_PER_REPEAT
+
+
+def pair_ms(model_a: nn.Module, model_b: nn.Module, example_inputs: torch.Tensor, batch: int,
+            config: LatencyConfig) -> tuple[float, float, float]:
+    """Two models timed in short alternating blocks (a b, then b a: a steady drift cancels), for
+    ``config.repeats`` x ``model_run_time`` seconds each. Returns the medians of a's and b's block times
+    and of the ratio a / b within each pair. A shared machine's speed moves within seconds; two models
+    timed a block apart see the same machine, so their ratio is steadier than either time, and a slow
+    moment that hits one block moves one pair's ratio, not the median."""
+    runs = []
+    for model in (model_a, model_b):
+        model = copy.deepcopy(model).to(config.device).eval()
+        x = torch.randn(batch, *example_inputs.shape[1:], device=config.device)
+        runs.append(runner(model, x, config))
+    block = config.model_run_time / PAIRS_PER_REPEAT
+    a, b = [], []
+    for i in range(config.repeats * PAIRS_PER_REPEAT):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        t = {k: time_callable(runs[k], config.threads, block, config.device) for k in order}
+        a.append(t[0])
+        b.append(t[1])
+    a, b = np.array(a), np.array(b)
+    return float(np.median(a)), float(np.median(b)), float(np.median(a / b))
 
 
 # -- layers ---------------------------------------------------------------------------------------------

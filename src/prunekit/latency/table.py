@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..graph import UnitGraph, expand_groups
-from .measure import LatencyConfig, LayerSpec, layer_ms, layer_specs, model_ms
+from .measure import LatencyConfig, LayerSpec, layer_ms, layer_specs, model_ms, pair_ms
 
 
 def interp2(xs: np.ndarray, ys: np.ndarray, V: np.ndarray, x: float, y: float) -> tuple[float, float, float]:
@@ -170,14 +170,12 @@ def build(graph: UnitGraph, config: LatencyConfig, batch: int, store) -> Latency
         layers.append(table)
     signature = hashlib.sha256("\n".join(f"{t.name}:{t.spec.key}:{tuple(t.spec.module.weight.shape)}"
                                          for t in layers).encode()).hexdigest()[:16]
-    key = f"model|{type(model).__name__}|{tuple(x.shape[1:])}|{signature}|b{batch}|t{config.model_run_time:g}"
+    key = (f"model|{type(model).__name__}|{tuple(x.shape[1:])}|{signature}|b{batch}|t{config.model_run_time:g}"
+           f"|paired {config.repeats}")
     key_lo = hashlib.sha256(str(lo.astype(int).tolist()).encode()).hexdigest()[:16]
-    whole = store.get(key)
-    if whole is None:
-        whole = model_ms(model, x, batch, config)
-        store.put(key, whole)
     parts, parts_lo = (sum(t.at(w)[0] for t in layers) for w in (dense, lo))
-    small = smallest_ms(graph, lo, f"{key}|smallest|{key_lo}", batch, config, store) if parts_lo < parts else None
+    whole, small = whole_ms(graph, lo, key, f"{key}|smallest|{key_lo}" if parts_lo < parts else None, batch, config,
+                            store)
     store.save()
     residual, scale = calibrate(whole, parts, small, parts_lo)
     return LatencyCost(layers, len(dense), residual, scale, batch, whole, config, store.device)
@@ -200,14 +198,24 @@ def calibrate(whole: float, parts: float, small: float | None, parts_small: floa
     return 0.0, whole / parts
 
 
-def smallest_ms(graph: UnitGraph, widths: np.ndarray, key: str, batch: int, config: LatencyConfig, store) -> float:
-    """The model with every Unit at ``widths`` (its minimum) measured whole, cached under ``key``."""
-    ms = store.get(key)
-    if ms is None:
+def whole_ms(graph: UnitGraph, widths: np.ndarray, key: str, key_small: str | None, batch: int,
+             config: LatencyConfig, store) -> tuple[float, float | None]:
+    """The dense model and (with ``key_small``) the model with every Unit at ``widths`` (its minimum),
+    timed whole, cached under the keys. The two are timed in alternating blocks (``pair_ms``): one of
+    them timed at a slower moment would tilt the two-point fit, and with it how many branches the
+    first plan removes."""
+    whole, small = store.get(key), store.get(key_small) if key_small else None
+    if whole is not None and (small is not None or key_small is None):
+        return whole, small
+    if key_small is None:
+        whole = model_ms(graph.model, graph.example_inputs, batch, config)
+    else:
         import copy
-        small = UnitGraph(copy.deepcopy(graph.model), graph.example_inputs, ignore=graph.ignored)
-        small.apply({u.name: expand_groups(u, range(int(w) // u.groups)) for u, w in zip(graph.units, widths)
-                     if w < u.width})
-        ms = model_ms(small.model, graph.example_inputs, batch, config)
-        store.put(key, ms)
-    return ms
+        lo = UnitGraph(copy.deepcopy(graph.model), graph.example_inputs, ignore=graph.ignored)
+        lo.apply({u.name: expand_groups(u, range(int(w) // u.groups)) for u, w in zip(graph.units, widths)
+                  if w < u.width})
+        whole, _, ratio = pair_ms(graph.model, lo.model, graph.example_inputs, batch, config)
+        small = whole / ratio  # the dense time and the pairs' ratio: the smallest at the dense time's moment
+        store.put(key_small, small)
+    store.put(key, whole)
+    return whole, small
