@@ -280,11 +280,12 @@ def write(out: dict, stem: Path) -> None:
              "## Speed-up budgets", "",
              f"Method {out['speedup_rows'][0]['method'] if out['speedup_rows'] else '-'}"
              f"{', residual branches may be dropped (drop_blocks)' if out.get('drop_blocks') else ''}. "
-             "`plans`: plans made by the closed loop (prunekit.latency.feedback); `first plan`: the measured speed-up "
-             "of the tables' plan alone; `table`: what the tables predict for the returned plan; `dropped`: residual "
+             "`plans`: plans made by the closed loop (prunekit.latency.feedback); `rounds`: the measured speed-up of "
+             "each plan, the first the tables' plan alone; `table`: what the tables predict for the returned plan; "
+             "`dropped`: residual "
              "branches removed; `accuracy`: top-1 on the first "
              f"{out.get('eval_images')} Fashion-MNIST test images after BatchNorm re-estimation, no fine-tuning "
-             f"(dense: {out.get('dense_accuracy') or 0:.2f}); `rounds`: the measured speed-up of each plan.", "",
+             f"(dense: {out.get('dense_accuracy') or 0:.2f}).", "",
              "| batch | target | plans | rounds | table | measured | within 10% | MACs reduction | dropped | accuracy |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in out["speedup_rows"]:

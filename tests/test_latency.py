@@ -344,9 +344,9 @@ def test_pairs_alternate_and_their_ratio_resists_a_slow_moment(monkeypatch):
     a, b = nn_linear(), nn_linear()
     order, slow = [], {3, 8}  # the 4th and 9th blocks run at a third of the speed
 
-    def fake(fn, threads, min_run_time, device="cpu"):
+    def fake(fn, threads, min_run_time, device="cpu"):  # a's runner (timed first) takes 10 ms, b's 5
         order.append(fn)
-        base = 10.0 if len(order) % 2 else 5.0
+        base = 10.0 if fn is order[0] else 5.0
         return base * (3 if len(order) - 1 in slow else 1)
 
     monkeypatch.setattr(measure, "time_callable", fake)
@@ -355,7 +355,7 @@ def test_pairs_alternate_and_their_ratio_resists_a_slow_moment(monkeypatch):
     assert len(order) == 2 * measure.PAIRS_PER_REPEAT
     first, second = order[0], order[1]
     assert order[2:4] == [second, first] and order[4:6] == [first, second]  # a b, b a, a b, ...
-    # block times: 10, 5, 10*3 (b first, slow), 5, 10, 5, 10, 5, 10*3, 5 in call order
+    # a's blocks: 10, 30 (slow), 10, 10, 30 (slow); b's all 5: pair ratios 2, 6, 2, 2, 6
     assert ratio == pytest.approx(2.0) and ms_a == pytest.approx(10.0) and ms_b == pytest.approx(5.0)
 
 
