@@ -94,7 +94,7 @@ def main(argv=None) -> int:
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__,
            "load_start": [round(v, 2) for v in os.getloadavg()],
            "dense_accuracy": evaluate(model, test) if args.eval_images else None,
-           "drop_blocks": args.drop_blocks, "eval_images": args.eval_images, "speedup_rows": [], "unreachable": [], "equal_macs_rows": [], "rounding_refused": [], "rounding_rows": [], "predictor": {}}
+           "drop_blocks": args.drop_blocks, "eval_images": args.eval_images, "speedup_rows": [], "unreachable": [], "equal_macs_rows": [], "rounding_refused": [], "rounding_rows": [], "combined_rows": [], "predictor": {}}
 
     def run(budget, method, batch, **kw):
         t0 = time.perf_counter()
@@ -174,14 +174,33 @@ def main(argv=None) -> int:
                    "measured_speedup_batch1": L["measured"]["1"]["speedup"],
                    "snapped_units": len(L.get("snapped") or [])}
             row["speedup_over_macs_reduction"] = row["measured_speedup"] / row["macs_reduction"]
+            row["accuracy"] = accuracy(res, data, test) if args.eval_images else None
             out["rounding_rows"].append(row)
             print(f"{method} round_to={r_to} flops={f:g} + snap: {row['measured_speedup']:.2f}x measured at batch "
                   f"{args.batch} for {row['macs_reduction']:.2f}x fewer MACs "
                   f"({row['speedup_over_macs_reduction']:.2f})", flush=True)
 
+    if args.drop_blocks:  # a MACs budget with the speed-up it should bring: flops=f and speedup=0.85/f
+        for f in (float(v) for v in args.flops.split(",")):
+            budget = {"flops": f, "speedup": round(0.85 / f, 3)}
+            try:
+                res = run(budget, args.method, args.batch, round_to=8, drop_blocks=True)
+            except prunekit.BudgetError as e:
+                out["combined_rows"].append({"budget": budget, "error": str(e)})
+                continue
+            L, m = res.summary["latency"], res.summary["macs"]
+            row = {"budget": budget, "method": args.method, "dropped_blocks": dropped(res),
+                   "macs_reduction": m["dense"] / m["pruned"], "measured_speedup": L["measured"][str(args.batch)]["speedup"],
+                   "rounds": [r["measured_speedup"] for r in L.get("feedback", {}).get("rounds", [])],
+                   "accuracy": accuracy(res, data, test) if args.eval_images else None}
+            row["speedup_over_macs_reduction"] = row["measured_speedup"] / row["macs_reduction"]
+            out["combined_rows"].append(row)
+            print(f"flops={f:g} + speedup={budget['speedup']:g}: {row['measured_speedup']:.2f}x for "
+                  f"{row['macs_reduction']:.2f}x fewer MACs ({row['speedup_over_macs_reduction']:.2f})", flush=True)
+
     for method in filter(None, args.tp_methods.split(",")):
         for f in (float(v) for v in args.flops.split(",")):
-            out["rounding_rows"].append(tp_row(model, x, method, f, data, args.batch, timing))
+            out["rounding_rows"].append(tp_row(model, x, method, f, data, args.batch, timing, test if args.eval_images else None))
             r = out["rounding_rows"][-1]
             print(f"{method} flops={f:g}: {r['measured_speedup']:.2f}x measured at batch {args.batch} for "
                   f"{r['macs_reduction']:.2f}x fewer MACs ({r['speedup_over_macs_reduction']:.2f})", flush=True)
@@ -210,9 +229,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def tp_row(model, x, method: str, flops: float, data, batch: int, timing: LatencyConfig) -> dict:
+def tp_row(model, x, method: str, flops: float, data, batch: int, timing: LatencyConfig, test=None) -> dict:
     """A Torch-Pruning pruner stepped to the MACs budget (bench/suite.py's prune_tp), timed against the
-    dense model as compress times its plans (pair_ms)."""
+    dense model as compress times its plans (pair_ms); top-1 on ``test`` as prunekit's rows."""
     from suite import prune_tp
     pruned, _ = prune_tp(copy.deepcopy(model), x, method, flops, 0, data)
     pruned.eval()
@@ -221,6 +240,7 @@ def tp_row(model, x, method: str, flops: float, data, batch: int, timing: Latenc
     for b, key in ((batch, "measured_speedup"), (1, "measured_speedup_batch1")):
         row[key] = pair_ms(model, pruned, x, b, timing)[2]
     row["speedup_over_macs_reduction"] = row["measured_speedup"] / row["macs_reduction"]
+    row["accuracy"] = accuracy(prunekit.Result(pruned, None, {}), data, test) if test is not None else None
     return row
 
 
@@ -269,6 +289,10 @@ def equal_macs_lines(out: dict) -> list[str]:
     return lines
 
 
+def fmt_acc(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def write(out: dict, stem: Path) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     prunekit.io.write_json(stem.with_suffix(".json"), out)
@@ -303,16 +327,30 @@ def write(out: dict, stem: Path) -> None:
               "no rounding), timed in the same run as prunekit's plans and as compress times them: against the dense "
               "model in alternating blocks, the pairs' median ratio.", "",
               f"| method | round_to | flops | branches removed | MACs reduction | measured speed-up (batch {out['batch']}) | ratio | "
-              "batch 1 |", "|---|---|---|---|---|---|---|---|"]
+              "batch 1 | top-1 before fine-tuning |", "|---|---|---|---|---|---|---|---|---|"]
     for r in out["rounding_rows"]:
         removed = r.get("dropped_blocks", 0) if r.get("drop_blocks") else "-" if r["method"].startswith("tp:") \
             else "- (not allowed)"
         lines.append(f"| {r['method']} | {r['round_to']} | {r['flops']:g} | {removed} | {r['macs_reduction']:.2f}x | "
                      f"{r['measured_speedup']:.2f}x | {r['speedup_over_macs_reduction']:.2f} | "
-                     f"{r['measured_speedup_batch1']:.2f}x |")
+                     f"{r['measured_speedup_batch1']:.2f}x | {fmt_acc(r.get('accuracy'))} |")
     for u in out.get("rounding_refused", []):
         lines.append(f"| {u['method']} | {u['round_to']} | {u['flops']:g} | {'allowed' if u.get('drop_blocks') else '-'} | "
-                     f"refused: {u['error']} | | | |")
+                     f"refused: {u['error']} | | | | |")
+    if out.get("combined_rows"):
+        lines += ["", "## A MACs budget with the speed-up it should bring (flops=f, speedup=0.85/f)", "",
+                  "Both budgets at once (branches removable, round_to 8, closed loop on the speed-up); ratio = measured "
+                  "speed-up / MACs reduction.", "",
+                  f"| budget | branches removed | MACs reduction | measured speed-up (batch {out['batch']}) | rounds | ratio | "
+                  "top-1 before fine-tuning |", "|---|---|---|---|---|---|---|"]
+        for r in out["combined_rows"]:
+            b = f"flops={r['budget']['flops']:g}, speedup={r['budget']['speedup']:g}"
+            if "error" in r:
+                lines.append(f"| {b} | refused: {r['error']} | | | | | |")
+                continue
+            lines.append(f"| {b} | {r['dropped_blocks']} | {r['macs_reduction']:.2f}x | {r['measured_speedup']:.2f}x | "
+                         f"{', '.join(f'{v:.2f}x' for v in r['rounds']) or '-'} | {r['speedup_over_macs_reduction']:.2f} | "
+                         f"{fmt_acc(r.get('accuracy'))} |")
     lines += ["", "## Latency predictor on random width settings", "", "| batch | settings | mean abs error | max abs error "
               "| mean error |", "|---|---|---|---|---|"]
     for b, p in out["predictor"].items():

@@ -874,8 +874,16 @@ def latency_rows(path: Path) -> list[str]:
         flops = sorted({r["flops"] for r in rows}, reverse=True)
         for key in dict.fromkeys((r["method"], r["round_to"], r.get("drop_blocks", False)) for r in rows):
             got = {r["flops"]: r for r in rows if (r["method"], r["round_to"], r.get("drop_blocks", False)) == key}
-            cells = [f"{got[f]['speedup_over_macs_reduction']:.2f}" if f in got else "-" for f in flops]
+            cells = [(f"{got[f]['speedup_over_macs_reduction']:.2f}" + (f" ({got[f]['accuracy']:.1f}%)" if got[f].get(
+                "accuracy") is not None else "")) if f in got else "-" for f in flops]
             lines.append(f"| {key[0]} | {key[1]} | {'yes' if key[2] else 'no'} | " + " | ".join(cells) + " |")
+        lines += ["", "(in brackets: top-1 before fine-tuning, where measured)", ""]
+    for r in lat.get("combined_rows", []):
+        b = f"flops={r['budget']['flops']:g},speedup={r['budget']['speedup']:g}"
+        lines.append(f"- `{b}`: refused: {r['error']}" if "error" in r else
+                     f"- `{b}` (both at once): {r['measured_speedup']:.2f}x for {r['macs_reduction']:.2f}x fewer MACs, "
+                     f"ratio {r['speedup_over_macs_reduction']:.2f}, {r['dropped_blocks']} branches removed"
+                     + (f", top-1 {r['accuracy']:.2f}" if r.get("accuracy") is not None else ""))
     return lines + [""]
 
 

@@ -46,3 +46,15 @@ class TinyResidual(nn.Module):
     def forward(self, x):
         h = self.stem(x)
         return self.fc(torch.relu(h + self.b(self.a(h))).mean((2, 3)))
+
+
+def randomized_batchnorm(model: nn.Module) -> nn.Module:
+    """BatchNorm statistics and shifts away from the identity (in eval mode), so a removed branch's
+    constant is not zero, and some of its channels are negative (a ReLU after it then matters)."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model.eval()

@@ -12,28 +12,19 @@ from hypothesis import strategies as st
 import prunekit
 from prunekit import ConfigError, compress
 from prunekit.cost import CostModel, count
+from prunekit.depth import _between
 from prunekit.drop import ConstantOutput, EmptyOutput
 from prunekit.graph import UnitGraph
 from prunekit.models import create_model
+from tests.helpers import randomized_batchnorm
 
 X = torch.zeros(1, 1, 16, 16)
-
-
-def _randomized(model):
-    """BatchNorm statistics and shifts away from the identity, so a constant branch is not zero."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def resnet():
     torch.manual_seed(0)
-    return _randomized(create_model("resnet20", in_channels=1))
+    return randomized_batchnorm(create_model("resnet20", in_channels=1))
 
 
 def test_only_residual_branches_are_droppable(resnet):
@@ -264,6 +255,12 @@ def test_with_data_the_count_with_the_best_heldout_score_wins(resnet, monkeypatc
     best = max(rows, key=lambda row: row["fitness"])
     assert depth["chosen"] == best["dropped"] == sum(1 for w in r.plan.widths.values() if w == 0)
     assert depth["selected_by"].startswith("held-out")
+    # the coarse grid (ascending), then the counts halfway to its best one's neighbours
+    counts = [row["dropped"] for row in rows]
+    n = next((i for i in range(1, len(counts)) if counts[i] <= counts[i - 1]), len(counts))
+    coarse = counts[:n]
+    top = max(rows[:n], key=lambda row: row["fitness"])["dropped"]
+    assert counts[n:] == _between(coarse, top) and len(coarse) >= 3
 
 
 def test_cli_drop_blocks_writes_the_plan_summary_and_report(tmp_path, capsys):
@@ -343,3 +340,48 @@ def test_closed_loop_searches_the_count_twice_then_holds_it(resnet, monkeypatch,
     assert len(rounds) >= 3
     assert [x["count_held"] for x in rounds[:3]] == [False, False, True]
     assert all(x["dropped"] == rounds[1]["dropped"] for x in rounds[2:])
+
+
+def test_tables_charge_a_kept_branch_its_stream_work(resnet, monkeypatch, tmp_path):
+    """Removed branches take their block's add and ReLU with them (prunekit.fold), which no layer table
+    holds: the fit through the dense model and the smallest one with the branches kept and removed
+    gives each kept branch that time, and predicts all three models exactly. The stand-in timer:
+    1 us per MAC-million plus 0.1 ms per elementwise add or ReLU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from prunekit.latency import measure
+    from prunekit.latency.table import calibrate_branches
+    from prunekit.pipeline import prepare
+
+    class Stream(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += func.__name__.split(".")[0] in ("add", "add_", "relu", "relu_", "clamp_min_", "maximum")
+            return func(*args, **(kwargs or {}))
+
+    def fake(fn, threads, min_run_time, device="cpu"):
+        with FlopCounterMode(display=False) as fc, Stream() as st:
+            fn()
+        return fc.get_total_flops() / 2 * 1e-6 + 0.1 * st.ops + 1e-3
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(measure, "time_callable", fake)
+    p = prepare(resnet, X, "l1", latency={"samples": 3, "min_run_time": 0.001, "model_run_time": 0.001}, round_to=8,
+                drop_blocks=True)
+    lat, graph = p.cost.latency, p.graph
+    assert len(lat.branches) == 9 and lat.branch_ms > 0.1  # at least its add (the ReLU may go into a layer's table)
+    lo = p.cost.vector({u.name: u.min_keep for u in graph.units})
+    kept = lo.copy()
+    kept[lat.branches] = [graph.branch_min[graph.units[i].name] for i in lat.branches]
+    for w in (p.cost.dense_widths, lo, kept):
+        g = UnitGraph(copy.deepcopy(resnet), X)
+        g.apply({u.name: list(range(int(v))) for u, v in zip(g.units, w) if v < u.width})
+        assert lat(w) == pytest.approx(measure.model_ms(g.model, X, lat.batch, lat.config), rel=1e-6)
+    # the fit itself: exact on a model that is linear in layers and kept branches, else the two-point fit
+    assert calibrate_branches(2 + 3 * 10 + 0.5 * 4, 10, 2 + 3 * 4 + 0.5 * 4, 4, 2 + 3 * 1, 1, 4, (9, 9)) == \
+        pytest.approx((2, 3, 0.5))
+    assert calibrate_branches(10, 10, 4, 4, 9.5, 1, 4, (1.0, 0.5)) == (1.0, 0.5, 0.0)  # kept branches cost < 0

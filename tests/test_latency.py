@@ -330,11 +330,12 @@ def test_tables_are_calibrated_on_the_dense_and_the_smallest_model(timer, prepar
     assert calibrate(12.0, 10.0, 2.0, 4.0) == (2.0, 1.0)  # a negative residual: the dense residual instead
     assert calibrate(5.0, 10.0, None, 4.0) == (0.0, 0.5)  # layers alone above the model: a scale
     lat = prepared.cost.latency
-    smallest = [v for k, v in lat.store.entries.items() if "|smallest|" in k and f"|b{lat.batch}|" in k]
-    assert len(smallest) == 1  # measured once, then cached with the tables
+    ratios = [v for k, v in lat.store.entries.items() if "|ratio to|" in k and f"|b{lat.batch}|" in k]
+    assert len(ratios) == 1  # measured once (as its ratio to the dense model), then cached with the tables
     lo = prepared.cost.vector({u.name: u.min_keep for u in prepared.graph.units})
     parts = [sum(t.at(w)[0] for t in lat.layers) for w in (prepared.cost.dense_widths, lo)]
-    assert (lat.residual, lat.scale) == calibrate(lat.dense_ms, parts[0], smallest[0], parts[1])
+    assert (lat.residual, lat.scale) == calibrate(lat.dense_ms, parts[0], lat.dense_ms / ratios[0], parts[1])
+    assert lat.branch_ms == 0 and lat.branches == []  # no branch may be removed here
     assert lat(prepared.cost.dense_widths) == pytest.approx(lat.dense_ms, rel=1e-9)
 
 

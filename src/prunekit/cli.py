@@ -651,7 +651,7 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True)
     x.set_defaults(func=cmd_export)
 
-    b = sub.add_parser("bench-latency", help="time a saved run with torch.utils.benchmark and (--onnx) onnxruntime")
+    b = sub.add_parser("bench-latency", help="time a saved run in its inference form with torch.utils.benchmark and (--onnx) onnxruntime")
     b.add_argument("run_dir", metavar="MODEL_DIR", help="an --out directory of prunekit compress")
     b.add_argument("--model", help="built-in name (default: the one recorded in the run's summary.json)")
     b.add_argument("--in-channels", type=int)

@@ -7,7 +7,9 @@ a residual branch (ResNet's conv1 -> conv2) to width 0 removes the branch's conv
 writers compute nothing, and the layers reading it output a constant (their bias, or zeros that the
 following BatchNorm turns into its shift), which the residual add carries. PyTorch has no
 zero-channel conv (one with zero input channels returns zero output channels), so the layers are
-replaced by the stand-ins below, which keep the shapes and the exact function.
+replaced by the stand-ins below, which keep the shapes and the exact function (trainable). Timed
+and exported, the model runs in its inference form (prunekit.fold), where the removed blocks'
+residual adds and ReLUs are folded away too.
 
 A Unit may go to width 0 (``droppable``) when every module its channels touch is a conv/linear or a
 normalization layer, one layer writes it (a depthwise conv rides along: no add sums it with another

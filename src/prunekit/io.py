@@ -13,6 +13,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError, ConfigError, OutputError
+from .fold import inference_form
 from .graph import UnitGraph
 from .plan import Plan
 
@@ -143,7 +144,8 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def export_onnx(model: nn.Module, example_inputs, path: str | Path) -> Path:
-    model.eval()
+    """``model`` in eval mode and its inference form (prunekit.fold), as it was timed."""
+    model = inference_form(model.eval())
     with atomic_path(path) as tmp:
         torch.onnx.export(model, (example_inputs,), str(tmp), dynamo=False,
                           input_names=["input"], output_names=["output"],
@@ -152,7 +154,7 @@ def export_onnx(model: nn.Module, example_inputs, path: str | Path) -> Path:
 
 
 def export_torchscript(model: nn.Module, example_inputs, path: str | Path) -> Path:
-    model.eval()
+    model = inference_form(model.eval())
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated but still what many runtimes load
         traced = torch.jit.trace(model, example_inputs)

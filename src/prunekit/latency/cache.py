@@ -36,11 +36,14 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+FORM = "folded"  # what runs is prunekit.fold's inference form; timings of other forms are not reused
+
+
 def runtime_version(runtime: str) -> str:
     if runtime == "onnxruntime":
         import onnxruntime
-        return f"torch{torch.__version__}-onnxruntime{onnxruntime.__version__}"
-    return f"torch{torch.__version__}"
+        return f"torch{torch.__version__}-onnxruntime{onnxruntime.__version__}-{FORM}"
+    return f"torch{torch.__version__}-{FORM}"
 
 
 class Store:

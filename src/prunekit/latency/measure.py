@@ -17,6 +17,7 @@ import torch.nn as nn
 from torch.utils import benchmark
 
 from ..drop import stand_in
+from ..fold import inference_form
 from ..errors import ConfigError
 from ..graph import _forward, eval_mode
 
@@ -159,7 +160,8 @@ def ort_session(model_bytes: bytes | str, threads: int):
 
 def runner(module: nn.Module, x: torch.Tensor, config: LatencyConfig) -> Callable[[], object]:
     """One inference call of ``module`` on ``x`` in the config's runtime (exported to ONNX in memory for
-    onnxruntime)."""
+    onnxruntime), in its inference form (prunekit.fold: what export writes) unless it is training."""
+    module = module if module.training else inference_form(module)
     if config.runtime == "onnxruntime":
         buffer = io.BytesIO()
         with warnings.catch_warnings(), torch.no_grad():

@@ -72,17 +72,23 @@ class LatencyCost:
     """Predicted milliseconds of one forward at ``batch``: residual + scale * sum of the layer tables."""
 
     def __init__(self, layers: list[LayerTable], n_units: int, residual: float, scale: float, batch: int,
-                 dense_ms: float, config: LatencyConfig, device: str):
+                 dense_ms: float, config: LatencyConfig, device: str, branches: tuple[int, ...] = (),
+                 branch_ms: float = 0.0):
         self.layers, self.n, self.residual, self.scale = layers, n_units, residual, scale
         self.batch, self.dense_ms, self.config, self.device = batch, dense_ms, config, device
+        self.branches, self.branch_ms = list(branches), branch_ms  # what each kept removable branch adds
         self.by_unit: dict[int, list[LayerTable]] = defaultdict(list)
         for layer in layers:
             for k in layer.units:
                 self.by_unit[k].append(layer)
 
+    def kept(self, w: np.ndarray) -> int:
+        return int(np.count_nonzero(w[self.branches] > 0)) if self.branches else 0
+
     def __call__(self, w) -> float:
         w = np.asarray(w, dtype=np.float64)
-        return self.residual + self.scale * sum(layer.at(w)[0] for layer in self.layers)
+        return (self.residual + self.scale * sum(layer.at(w)[0] for layer in self.layers)
+                + self.branch_ms * self.kept(w))
 
     def grad(self, w) -> np.ndarray:
         w = np.asarray(w, dtype=np.float64)
@@ -103,6 +109,8 @@ class LatencyCost:
             moved = w.copy()
             moved[k] += s[k]
             out[k] = self.scale * sum(layer.at(moved)[0] - layer.at(w)[0] for layer in layers)
+        for k in self.branches:  # a branch removed or brought back
+            out[k] += self.branch_ms * (float(w[k] + s[k] > 0) - float(w[k] > 0))
         return out
 
     def fixed_ms(self) -> float:
@@ -113,6 +121,7 @@ class LatencyCost:
     def describe(self) -> dict:
         return {"batch": self.batch, "threads": self.config.threads, "device": self.device,
                 "dense_measured_ms": self.dense_ms, "residual_ms": self.residual, "scale": self.scale,
+                "branch_ms": self.branch_ms, "removable_branches": len(self.branches),
                 "layers": len(self.layers), "samples": self.config.samples}
 
 
@@ -172,13 +181,42 @@ def build(graph: UnitGraph, config: LatencyConfig, batch: int, store) -> Latency
                                          for t in layers).encode()).hexdigest()[:16]
     key = (f"model|{type(model).__name__}|{tuple(x.shape[1:])}|{signature}|b{batch}|t{config.model_run_time:g}"
            f"|paired {config.repeats}")
-    key_lo = hashlib.sha256(str(lo.astype(int).tolist()).encode()).hexdigest()[:16]
     parts, parts_lo = (sum(t.at(w)[0] for t in layers) for w in (dense, lo))
-    whole, small = whole_ms(graph, lo, key, f"{key}|smallest|{key_lo}" if parts_lo < parts else None, batch, config,
-                            store)
-    store.save()
+    whole, small = whole_ms(graph, lo, key, _key_of(key, lo) if parts_lo < parts else None, batch, config, store)
     residual, scale = calibrate(whole, parts, small, parts_lo)
-    return LatencyCost(layers, len(dense), residual, scale, batch, whole, config, store.device)
+    branches = [i for i, u in enumerate(graph.units) if u.name in graph.branch_min and u.min_keep == 0]
+    branch_ms = 0.0
+    if branches and small is not None:  # the branches kept at their minimum: what a kept branch adds
+        kept = lo.copy()
+        kept[branches] = [graph.branch_min[graph.units[i].name] for i in branches]
+        parts_kept = sum(t.at(kept)[0] for t in layers)
+        if parts_kept < parts:
+            _, mid = whole_ms(graph, kept, key, _key_of(key, kept), batch, config, store)
+            residual, scale, branch_ms = calibrate_branches(whole, parts, mid, parts_kept, small, parts_lo, len(branches),
+                                                            (residual, scale))
+    store.save()
+    return LatencyCost(layers, len(dense), residual, scale, batch, whole, config, store.device, branches, branch_ms)
+
+
+def _key_of(key: str, widths: np.ndarray) -> str:
+    return f"{key}|ratio to|{hashlib.sha256(str(widths.astype(int).tolist()).encode()).hexdigest()[:16]}"
+
+
+def calibrate_branches(whole: float, parts: float, mid: float, parts_mid: float, small: float, parts_small: float,
+                       n: int, fallback: tuple[float, float]) -> tuple[float, float, float]:
+    """(residual, scale, per kept branch) through three measured models: dense, every Unit at its minimum
+    with the removable branches kept (``mid``) and removed (``small``). A removed branch takes its
+    block's stream work with it (the add and activation, folded away by prunekit.fold), which no layer
+    table holds and which is not proportional to the layers' time; a kept one pays it whatever its
+    width. The residual may come out negative: the removed branches' stand-ins have tables of their own
+    but are folded away with their blocks. Falls back to the two-point fit when the scale or the
+    branches' term would be negative."""
+    scale = (whole - mid) / (parts - parts_mid)
+    residual = small - scale * parts_small
+    branch = (mid - residual - scale * parts_mid) / n
+    if scale > 0 and branch >= 0:
+        return residual, scale, branch
+    return (*fallback, 0.0)
 
 
 def calibrate(whole: float, parts: float, small: float | None, parts_small: float) -> tuple[float, float]:
@@ -200,22 +238,26 @@ def calibrate(whole: float, parts: float, small: float | None, parts_small: floa
 
 def whole_ms(graph: UnitGraph, widths: np.ndarray, key: str, key_small: str | None, batch: int,
              config: LatencyConfig, store) -> tuple[float, float | None]:
-    """The dense model and (with ``key_small``) the model with every Unit at ``widths`` (its minimum),
-    timed whole, cached under the keys. The two are timed in alternating blocks (``pair_ms``): one of
-    them timed at a slower moment would tilt the two-point fit, and with it how many branches the
-    first plan removes."""
-    whole, small = store.get(key), store.get(key_small) if key_small else None
-    if whole is not None and (small is not None or key_small is None):
-        return whole, small
+    """The dense model and (with ``key_small``) the model with every Unit at ``widths``, timed whole,
+    cached under the keys. A smaller model is timed against the dense one in alternating blocks
+    (``pair_ms``: one of them timed at a slower moment would tilt the fit, and with it how many
+    branches the first plan removes) and kept as the pairs' ratio, so every smaller model scales
+    with the one dense time kept."""
+    whole = store.get(key)
     if key_small is None:
-        whole = model_ms(graph.model, graph.example_inputs, batch, config)
-    else:
+        if whole is None:
+            whole = model_ms(graph.model, graph.example_inputs, batch, config)
+            store.put(key, whole)
+        return whole, None
+    ratio = store.get(key_small)
+    if ratio is None:
         import copy
         lo = UnitGraph(copy.deepcopy(graph.model), graph.example_inputs, ignore=graph.ignored)
         lo.apply({u.name: expand_groups(u, range(int(w) // u.groups)) for u, w in zip(graph.units, widths)
                   if w < u.width})
-        whole, _, ratio = pair_ms(graph.model, lo.model, graph.example_inputs, batch, config)
-        small = whole / ratio  # the dense time and the pairs' ratio: the smallest at the dense time's moment
-        store.put(key_small, small)
-    store.put(key, whole)
-    return whole, small
+        dense_ms, _, ratio = pair_ms(graph.model, lo.model, graph.example_inputs, batch, config)
+        store.put(key_small, ratio)
+        if whole is None:
+            whole = dense_ms
+            store.put(key, whole)
+    return whole, whole / ratio
