@@ -14,7 +14,8 @@ from prunekit import ConfigError, inference_form
 from prunekit.drop import ConstantOutput, EmptyOutput
 from prunekit.fold import StreamShift
 from prunekit.graph import UnitGraph
-from prunekit.latency.measure import LatencyConfig, runner
+from prunekit.latency import measure
+from prunekit.latency.measure import LatencyConfig
 from prunekit.models import create_model
 from tests.helpers import randomized_batchnorm
 
@@ -102,25 +103,24 @@ def test_nothing_to_fold_untraceable_or_training_models(resnet):
         inference_form(copy.deepcopy(resnet).train())
 
 
-def test_export_and_timing_use_the_inference_form(resnet, tmp_path):
+def test_export_and_timing_use_the_inference_form(resnet, tmp_path, monkeypatch):
+    import onnx
+    import onnxruntime as ort
+
     g = UnitGraph(copy.deepcopy(resnet), X, drop_blocks=True)
     g.apply({"layer2.1.conv1": [], "layer2.2.conv1": []})
     model = g.model.eval()
     x = torch.randn(2, 1, 16, 16)
-    ort = pytest.importorskip("onnxruntime")
     path = prunekit.io.export_onnx(model, X, tmp_path / "m.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         want = model(x).numpy()
     np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], want, rtol=1e-4, atol=1e-4)
-    ops = {n.op_type for n in __import__("onnx").load(str(path)).graph.node}
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert "Max" in ops and "BatchNormalization" not in ops
     calls = []
-    real = prunekit.latency.measure.inference_form
-    prunekit.latency.measure.inference_form = lambda m: calls.append(m) or real(m)
-    try:
-        run = runner(model, x, LatencyConfig(threads=1))
-    finally:
-        prunekit.latency.measure.inference_form = real
+    real = measure.inference_form
+    monkeypatch.setattr(measure, "inference_form", lambda m: calls.append(m) or real(m))
+    run = measure.runner(model, x, LatencyConfig(threads=1))
     assert calls == [model]
     np.testing.assert_allclose(run().numpy(), want, rtol=1e-5, atol=1e-5)

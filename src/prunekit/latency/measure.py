@@ -17,8 +17,8 @@ import torch.nn as nn
 from torch.utils import benchmark
 
 from ..drop import stand_in
-from ..fold import inference_form
 from ..errors import ConfigError
+from ..fold import inference_form
 from ..graph import _forward, eval_mode
 
 RUNTIMES = ("torch", "onnxruntime")

@@ -8,7 +8,9 @@ left to ``snap``, which reads raw measurements), and interpolated bilinearly, so
 exact at sampled points and monotone between them. The model's latency is the layers' sum plus a
 residual: the dense model measured whole minus the layers' sum at dense (pooling, residual adds,
 functional activations, Python overhead), a constant. If the layers measured alone add up to more
-than the whole model, the layers are scaled down to it instead (residual 0).
+than the whole model, the layers are scaled down to it instead (residual 0). Residual and scale are
+fitted through the dense and the smallest model (``calibrate``), and with removable branches through
+a third, the branches kept (``calibrate_branches``: a term per kept branch).
 
 ``LatencyCost`` has the Polynomial interface the allocators use (``__call__``, ``grad``,
 ``step_deltas``), so a "latency" target works with every allocator and with ``fit``'s repair.
@@ -69,7 +71,8 @@ class LayerTable:
 
 
 class LatencyCost:
-    """Predicted milliseconds of one forward at ``batch``: residual + scale * sum of the layer tables."""
+    """Predicted milliseconds of one forward at ``batch``: residual + scale * sum of the layer tables
+    + ``branch_ms`` for each removable branch kept (``branches``: their Units)."""
 
     def __init__(self, layers: list[LayerTable], n_units: int, residual: float, scale: float, batch: int,
                  dense_ms: float, config: LatencyConfig, device: str, branches: tuple[int, ...] = (),
@@ -114,9 +117,10 @@ class LatencyCost:
         return out
 
     def fixed_ms(self) -> float:
-        """What no width changes: the residual and every layer no Unit touches."""
+        """What no width changes: the residual and every layer no Unit touches (at least 0: the
+        three-point fit's residual can be negative)."""
         w = np.zeros(self.n)
-        return self.residual + self.scale * sum(layer.at(w)[0] for layer in self.layers if not layer.units)
+        return max(0.0, self.residual + self.scale * sum(layer.at(w)[0] for layer in self.layers if not layer.units))
 
     def describe(self) -> dict:
         return {"batch": self.batch, "threads": self.config.threads, "device": self.device,
