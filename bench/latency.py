@@ -62,6 +62,9 @@ def args_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-images", type=int, default=2000,
                    help="test images the speed-up plans are evaluated on after BatchNorm re-estimation (0: none)")
     p.add_argument("--calibration-batches", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="the MACs-budget rows (prunekit's and Torch-Pruning's) are re-timed against the dense model in "
+                        "this many interleaved rounds at the end, so all see the same machine; their median is reported")
     p.add_argument("--quick", action="store_true", help="tiny settings: a smoke test of this script")
     p.add_argument("--out", default=str(ROOT / "bench/results/latency"))
     return p
@@ -73,6 +76,7 @@ def main(argv=None) -> int:
         args.speedups, args.flops, args.round_to, args.batch = "1.5", "0.5", "8", 8
         args.samples, args.layer_seconds, args.seconds, args.random_settings = 2, 0.01, 0.05, 3
         args.macs_methods, args.method, args.calibration_batches, args.tp_methods = "l1", "l1", 1, "tp:l1-layer"
+        args.rounds = 1
     torch.manual_seed(0)
     model = create_model(args.model, in_channels=1)
     prunekit.io.load_weights(model, ROOT / args.checkpoint if not Path(args.checkpoint).is_absolute() else args.checkpoint)
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__,
            "load_start": [round(v, 2) for v in os.getloadavg()],
            "dense_accuracy": evaluate(model, test) if args.eval_images else None,
-           "drop_blocks": args.drop_blocks, "eval_images": args.eval_images, "speedup_rows": [], "unreachable": [], "equal_macs_rows": [], "rounding_refused": [], "rounding_rows": [], "combined_rows": [], "predictor": {}}
+           "drop_blocks": args.drop_blocks, "eval_images": args.eval_images, "rounds": args.rounds, "speedup_rows": [], "unreachable": [], "equal_macs_rows": [], "rounding_refused": [], "rounding_rows": [], "combined_rows": [], "predictor": {}}
 
     def run(budget, method, batch, **kw):
         t0 = time.perf_counter()
@@ -154,6 +158,7 @@ def main(argv=None) -> int:
             out["equal_macs_rows"].append(eq)
             print("  equal MACs: " + ", ".join(f"{k} {eq[f'{k}_ms']:.3f} ms" for k in plans), flush=True)
 
+    retime = []  # (row, model) of every MACs-budget row, re-timed together at the end
     configs = [(m, r_to, False) for m in args.macs_methods.split(",") for r_to in (int(v) for v in args.round_to.split(","))]
     if args.drop_blocks:  # the speedup rows' method, residual branches removable, widths in 8s
         configs.append((args.method, 8, True))
@@ -176,6 +181,7 @@ def main(argv=None) -> int:
             row["speedup_over_macs_reduction"] = row["measured_speedup"] / row["macs_reduction"]
             row["accuracy"] = accuracy(res, data, test) if args.eval_images else None
             out["rounding_rows"].append(row)
+            retime.append((row, res.model))
             print(f"{method} round_to={r_to} flops={f:g} + snap: {row['measured_speedup']:.2f}x measured at batch "
                   f"{args.batch} for {row['macs_reduction']:.2f}x fewer MACs "
                   f"({row['speedup_over_macs_reduction']:.2f})", flush=True)
@@ -200,10 +206,14 @@ def main(argv=None) -> int:
 
     for method in filter(None, args.tp_methods.split(",")):
         for f in (float(v) for v in args.flops.split(",")):
-            out["rounding_rows"].append(tp_row(model, x, method, f, data, args.batch, timing, test if args.eval_images else None))
+            row, pruned = tp_row(model, x, method, f, data, args.batch, timing, test if args.eval_images else None)
+            out["rounding_rows"].append(row)
+            retime.append((row, pruned))
             r = out["rounding_rows"][-1]
             print(f"{method} flops={f:g}: {r['measured_speedup']:.2f}x measured at batch {args.batch} for "
                   f"{r['macs_reduction']:.2f}x fewer MACs ({r['speedup_over_macs_reduction']:.2f})", flush=True)
+
+    retime_rows(retime, model, x, args.batch, timing, args.rounds)
 
     prep = prepare(model, x, "l1", latency={**base, "batch": args.batch}, drop_blocks=args.drop_blocks)
     rng = np.random.default_rng(0)
@@ -229,7 +239,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def tp_row(model, x, method: str, flops: float, data, batch: int, timing: LatencyConfig, test=None) -> dict:
+def tp_row(model, x, method: str, flops: float, data, batch: int, timing: LatencyConfig, test=None) -> tuple:
     """A Torch-Pruning pruner stepped to the MACs budget (bench/suite.py's prune_tp), timed against the
     dense model as compress times its plans (pair_ms); top-1 on ``test`` as prunekit's rows."""
     from suite import prune_tp
@@ -241,12 +251,36 @@ def tp_row(model, x, method: str, flops: float, data, batch: int, timing: Latenc
         row[key] = pair_ms(model, pruned, x, b, timing)[2]
     row["speedup_over_macs_reduction"] = row["measured_speedup"] / row["macs_reduction"]
     row["accuracy"] = accuracy(prunekit.Result(pruned, None, {}), data, test) if test is not None else None
-    return row
+    return row, pruned
+
+
+def retime_rows(plans: list, model, x, batch: int, timing: LatencyConfig, rounds: int) -> None:
+    """Every MACs-budget plan against the dense model (pair_ms), one plan after another, ``rounds``
+    times over: a machine whose speed drifts over minutes (neighbours' memory traffic slows the dense
+    model more than a small one) then moves every row alike, not whichever was timed in a busy minute.
+    The row's speed-up becomes the rounds' median; the first timing is kept as ``first_speedup``."""
+    for row, _ in plans:
+        row["first_speedup"], row["speedup_rounds"], row["dense_ms_rounds"] = row["measured_speedup"], [], []
+    for k in range(rounds):
+        for row, pruned in plans:
+            dense_ms, _, ratio = pair_ms(model, pruned, x, batch, timing)
+            row["speedup_rounds"].append(ratio)
+            row["dense_ms_rounds"].append(dense_ms)
+        print(f"re-timing round {k + 1}/{rounds}: " + ", ".join(
+            f"{r['method']}@{r['flops']:g} {r['speedup_rounds'][-1] / r['macs_reduction']:.2f}" for r, _ in plans), flush=True)
+    for row, _ in plans:
+        row["measured_speedup"] = float(np.median(row["speedup_rounds"]))
+        row["speedup_over_macs_reduction"] = row["measured_speedup"] / row["macs_reduction"]
 
 
 def dropped(result) -> int:
     """Residual branches the plan removed (width 0, prunekit.drop)."""
     return sum(1 for w in result.plan.widths.values() if w == 0)
+
+
+def dense_range(out: dict) -> str:
+    ms = [v for r in out["rounding_rows"] for v in r.get("dense_ms_rounds", [])]
+    return f"{min(ms):.0f}-{max(ms):.0f}" if ms else "-"
 
 
 def accuracy(result, data, test) -> float:
@@ -324,19 +358,25 @@ def write(out: dict, stem: Path) -> None:
     lines += equal_macs_lines(out)
     lines += ["", "## MACs budgets with hardware-friendly widths (round_to + snap)", "",
               "Torch-Pruning's rows (`tp:`): its pruner stepped to the same MACs budget (bench/suite.py's prune_tp, "
-              "no rounding), timed in the same run as prunekit's plans and as compress times them: against the dense "
-              "model in alternating blocks, the pairs' median ratio.", "",
-              f"| method | round_to | flops | branches removed | MACs reduction | measured speed-up (batch {out['batch']}) | ratio | "
-              "batch 1 | top-1 before fine-tuning |", "|---|---|---|---|---|---|---|---|---|"]
+              "no rounding). Every row is timed as compress times its plans (against the dense model in alternating "
+              "blocks, the pairs' median ratio), and then all rows again, one after another, in "
+              f"{out.get('rounds', 1)} interleaved rounds at the end of the run: `measured speed-up` is the rounds' "
+              "median, `rounds` their range; ratio = measured speed-up / MACs reduction. The dense model took "
+              f"{dense_range(out)} ms per batch across the rounds (the machine's state: neighbours' load slows "
+              "the dense model more than a small one, which raises every ratio).", "",
+              f"| method | round_to | flops | branches removed | MACs reduction | measured speed-up (batch {out['batch']}) | "
+              "rounds | ratio | batch 1 | top-1 before fine-tuning |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in out["rounding_rows"]:
         removed = r.get("dropped_blocks", 0) if r.get("drop_blocks") else "-" if r["method"].startswith("tp:") \
             else "- (not allowed)"
+        rounds = r.get("speedup_rounds") or [r["measured_speedup"]]
         lines.append(f"| {r['method']} | {r['round_to']} | {r['flops']:g} | {removed} | {r['macs_reduction']:.2f}x | "
-                     f"{r['measured_speedup']:.2f}x | {r['speedup_over_macs_reduction']:.2f} | "
-                     f"{r['measured_speedup_batch1']:.2f}x | {fmt_acc(r.get('accuracy'))} |")
+                     f"{r['measured_speedup']:.2f}x | {min(rounds):.2f}-{max(rounds):.2f}x | "
+                     f"{r['speedup_over_macs_reduction']:.2f} | {r['measured_speedup_batch1']:.2f}x | "
+                     f"{fmt_acc(r.get('accuracy'))} |")
     for u in out.get("rounding_refused", []):
         lines.append(f"| {u['method']} | {u['round_to']} | {u['flops']:g} | {'allowed' if u.get('drop_blocks') else '-'} | "
-                     f"refused: {u['error']} | | | | |")
+                     f"refused: {u['error']} | | | | | |")
     if out.get("combined_rows"):
         lines += ["", "## A MACs budget with the speed-up it should bring (flops=f, speedup=0.85/f)", "",
                   "Both budgets at once (branches removable, round_to 8, closed loop on the speed-up); ratio = measured "

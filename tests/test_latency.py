@@ -239,10 +239,11 @@ def test_feedback_off_and_latency_rounding(timer, model):
     assert any(u["kept"] % 8 for u in free.summary["units"])
 
 
-def test_snap_moves_units_to_stair_ends(timer, model, monkeypatch):
-    def staircase(spec, out_dim, in_dim, batch, config, store):  # latency rises every 8 channels
-        return math.ceil(out_dim / 8) + math.ceil(in_dim / 8) * 0.5
+def staircase(spec, out_dim, in_dim, batch, config, store):  # latency rises every 8 channels
+    return math.ceil(out_dim / 8) + math.ceil(in_dim / 8) * 0.5
 
+
+def test_snap_moves_units_to_stair_ends(timer, model, monkeypatch):
     monkeypatch.setattr(snap_module, "layer_ms", staircase)
     r = compress(model, X, "flops=0.6", latency={**FAST, "snap": True, "snap_window": 4})
     s = r.summary
@@ -253,6 +254,66 @@ def test_snap_moves_units_to_stair_ends(timer, model, monkeypatch):
         assert m["to"] % 8 == 0 or m["to"] == dense[m["unit"]]
     assert s["macs"]["pruned"] <= s["macs"]["target"]
     assert {u["name"]: u["kept"] for u in s["units"]} == r.plan.widths
+
+
+@pytest.fixture(scope="module")
+def prepared8(model, cache):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRUNEKIT_CACHE", str(cache))
+        mp.setattr(measure, "time_callable", FakeTimer())
+        return prepare(model, X, "l1", round_to=8, latency=FAST)
+
+
+@given(st.integers(0, 2**32 - 1), st.floats(0.0, 1.0), st.booleans())
+def test_snap_spends_the_budget_moving_down_freed(prepared8, seed, slack, with_scores):
+    """With steps of 8 on a staircase of 8 every width is a stair end, so snapping is the refill alone:
+    from widths that leave ``slack`` of the MACs budget unspent it only grows, keeps the budget, and
+    stops when no Unit's next step fits (the budget is met from below as closely as the steps allow),
+    whether it ranks moves by importance (random scores) or by budget per ms."""
+    from prunekit.allocation.fit import limits
+    from prunekit.latency import snap_widths
+    cost, graph = prepared8.cost, prepared8.graph
+    steps, lo, hi = limits(graph)
+    rng = np.random.default_rng(seed)
+    w = lo + steps * np.floor(rng.random(len(lo)) * ((hi - lo) / steps + 1))
+    target = cost.macs(w) + slack * (cost.macs(hi) - cost.macs(w))
+    gen = torch.Generator().manual_seed(seed % 2**31)
+    scores = {u.name: torch.rand(u.width, generator=gen) for u in graph.units} if with_scores else None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(snap_module, "layer_ms", staircase)
+        out, moves = snap_widths(graph, cost, {"macs": target}, w, scores)
+    assert np.all(out >= w) and cost.macs(out) <= target * (1 + 1e-12)
+    assert {m["unit"] for m in moves} == {u.name for u, a, b in zip(graph.units, w, out) if a != b}
+    for i in range(len(out)):
+        if cost.latency.by_unit.get(i) and out[i] < hi[i]:
+            grown = out.copy()
+            grown[i] += steps[i]
+            assert cost.macs(grown) > target
+        elif not cost.latency.by_unit.get(i):
+            assert out[i] == w[i]
+
+
+def test_snap_leaves_the_depth_plan_alone(model, cache):
+    """Snapping moves widths only: removed branches stay removed (a stair end at 0 or a free refill
+    step would otherwise revive or remove one), kept ones stay at or above their minimum."""
+    from prunekit.allocation.fit import limits
+    from prunekit.latency import snap_widths
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRUNEKIT_CACHE", str(cache))
+        mp.setattr(measure, "time_callable", FakeTimer())
+        mp.setattr(snap_module, "layer_ms", staircase)
+        prep = prepare(model, X, "l1", round_to=8, latency=FAST, drop_blocks=True)
+        graph, cost = prep.graph, prep.cost
+        steps, lo, hi = limits(graph)
+        w = hi.copy()
+        names = [u.name for u in graph.units]
+        for k, name in enumerate(sorted(graph.droppable)):
+            w[names.index(name)] = 0 if k % 2 else graph.branch_min[name]
+        out, _ = snap_widths(graph, cost, {"macs": cost.macs(w) * 1.3}, w)  # room to grow every Unit
+    for name in graph.droppable:
+        i = names.index(name)
+        assert (out[i] == 0) == (w[i] == 0) and (out[i] == 0 or out[i] >= graph.branch_min[name])
+    assert any(out[names.index(n)] > w[names.index(n)] for n in graph.droppable if w[names.index(n)] > 0)
 
 
 def test_cli_speedup_budget_reports_predicted_and_measured(timer, tmp_path, capsys):

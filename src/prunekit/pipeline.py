@@ -235,7 +235,7 @@ class Prepared:
         snapped = None
         if self.latency is not None and self.latency.snap:  # hardware-friendly widths (prunekit.latency.snap)
             from .latency import snap_widths
-            widths, snapped = snap_widths(self.graph, self.cost, targets, widths)
+            widths, snapped = snap_widths(self.graph, self.cost, targets, widths, self.scores)
         t_alloc = time.perf_counter()
         shape = list(self.example_inputs.shape) if isinstance(self.example_inputs, torch.Tensor) else []
         plan = Plan.from_widths(self.graph, widths, self.scores, method=self.recipe.name, budget=budget.describe(),
